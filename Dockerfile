@@ -1,0 +1,81 @@
+# syntax=docker/dockerfile:1
+#
+# Vigil inference service: FastAPI + ONNX Runtime serving an exported bundle.
+# The image holds no torch: only the base dependencies and the ONNX Runtime
+# extra of pyproject.toml are installed, never the "train" extra.
+#
+#   docker build -t vigil:cpu .
+#   docker run --rm -p 8000:8000 -v "$PWD/models:/models:ro" vigil:cpu
+#
+# Build args
+#   RUNTIME     cpu (default) installs the "cpu" extra (onnxruntime);
+#               gpu installs the "gpu" extra (onnxruntime-gpu).
+#   BASE_IMAGE  defaults to python:3.11-slim. The commands below expect a
+#               Debian/Ubuntu image whose `python` is 3.11 or newer with pip.
+#
+# GPU: onnxruntime-gpu needs the CUDA and cuDNN runtime libraries, which
+# python:3.11-slim lacks (with RUNTIME=gpu on the default base, ONNX Runtime
+# quietly falls back to the CPU). Build the GPU image from deploy/Dockerfile.gpu,
+# which starts from an nvidia/cuda cuDNN runtime image:
+#   docker build -f deploy/Dockerfile.gpu -t vigil:gpu .
+
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+ARG RUNTIME=cpu
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# An unprivileged user with a fixed numeric id (Kubernetes' runAsNonRoot can check it).
+RUN groupadd --gid 10001 vigil \
+    && useradd --no-log-init --uid 10001 --gid vigil --create-home --home-dir /home/vigil \
+        --shell /usr/sbin/nologin vigil \
+    && mkdir -p /models
+
+WORKDIR /app
+
+# Dependencies first, from pyproject.toml alone, so that this layer is rebuilt only
+# when the dependency list or RUNTIME changes, not on every source edit. The list is
+# the base dependencies plus the RUNTIME extra; "train" (torch) is never read.
+COPY pyproject.toml ./
+RUN case "${RUNTIME}" in cpu|gpu) ;; *) echo "RUNTIME must be cpu or gpu, not '${RUNTIME}'" >&2; exit 1 ;; esac \
+    && python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"][sys.argv[1]]))' "${RUNTIME}" > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# The package itself. training/ is copied only because the `vigil` console script
+# lives in training/cli.py (it imports torch lazily, for the training commands).
+# Every requirement is already installed, so this adds the package and nothing else;
+# the last command fails the build if torch found its way in anyway.
+COPY README.md ./
+COPY service/ service/
+COPY training/ training/
+# DL3013 (pin versions): this installs the local project; its requirements, with
+# their bounds from pyproject.toml, were installed by the layer above.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[${RUNTIME}]" \
+    && rm -rf build ./*.egg-info \
+    && pip check \
+    && python -c 'import importlib.util, sys; sys.exit("torch must not be installed in the service image" if importlib.util.find_spec("torch") else 0)'
+
+ENV VIGIL_BUNDLE=/models/default \
+    VIGIL_HOST=0.0.0.0 \
+    VIGIL_PORT=8000
+
+USER 10001:10001
+
+EXPOSE 8000
+
+# Ready (200) only once a bundle is loaded. http.client ignores HTTP(S)_PROXY,
+# which urllib would apply even to 127.0.0.1.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import http.client, os; c = http.client.HTTPConnection('127.0.0.1', int(os.environ.get('VIGIL_PORT', '8000')), timeout=4); c.request('GET', '/readyz'); raise SystemExit(c.getresponse().status != 200)"]
+
+# uvicorn (PID 1 in exec form) handles SIGTERM: it stops accepting connections and
+# lets in-flight requests finish before exiting.
+STOPSIGNAL SIGTERM
+
+CMD ["vigil", "serve"]

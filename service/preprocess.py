@@ -1,0 +1,90 @@
+"""Image decoding and preprocessing, defined once for training, evaluation and serving.
+
+Every image, from an upload, a folder or an IDX/npy array, becomes a float32
+[C, H, W] array in [0, 1] through `image_to_array`, so a score computed by
+`vigil evaluate` and one computed by the service agree to float precision.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from service.bundle import InputSpec
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; `code` is the API error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode encoded image bytes, refusing decompression bombs before decoding pixels.
+
+    `Image.open` reads only the header, so the pixel count is checked before `load()`
+    allocates anything.
+    """
+    if not data:
+        raise ImageError("empty_file", "the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    "too_many_pixels",
+                    f"the image is {width}x{height} = {width * height} pixels; "
+                    f"the limit is {max_pixels}",
+                )
+            image.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("too_many_pixels", f"refused as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("not_an_image", "the file is not an image format Vigil can read") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        # Pillow signals truncated or corrupt data with OSError / SyntaxError.
+        raise ImageError("corrupt_image", f"the image could not be decoded: {exc}") from exc
+    return image
+
+
+def image_to_array(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """Convert to the bundle's colour mode, resize by its policy, scale to [0, 1]: [C, H, W]."""
+    if image.mode != spec.color_mode:
+        image = _flatten_alpha(image).convert(spec.color_mode)
+    if image.size != (spec.width, spec.height):
+        image = image.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
+    if pixels.ndim == 2:
+        return pixels[None]
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def uint8_to_image(array: np.ndarray) -> Image.Image:
+    """An [H, W], [H, W, 1] or [H, W, 3] uint8 array as a Pillow image."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    """Composite transparent images on white, so transparency does not turn black."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float images: scale to 8 bits rather than clip.
+        values = np.asarray(image, dtype=np.float64)
+        top = float(values.max()) or 1.0
+        return Image.fromarray(np.round(values / top * 255).astype(np.uint8))
+    return image

@@ -1,0 +1,67 @@
+"""ONNX Runtime sessions for a bundle's graph: created on purpose, checked, and run in batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger("vigil.runtime")
+
+
+class ProviderError(RuntimeError):
+    """A required execution provider is not the one the session actually runs on."""
+
+
+def create_session(
+    model_path: Path,
+    providers: Sequence[str] = ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    intra_op_threads: int = 0,
+    require: str | None = None,
+) -> ort.InferenceSession:
+    """A session on the first available provider of `providers`.
+
+    onnxruntime-gpu lists CUDA as available even without a usable GPU and then quietly
+    runs on CPU, so the providers the session really got are checked after creation.
+    """
+    available = set(ort.get_available_providers())
+    wanted = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads  # 0 = one per physical core
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), sess_options=options, providers=wanted)
+    actual = session.get_providers()
+    log.info("ONNX Runtime session on %s (asked for %s)", actual[0], list(providers))
+    if require and actual[0] != require:
+        raise ProviderError(f"{require} is required but the session runs on {actual[0]}")
+    return session
+
+
+def run(
+    session: ort.InferenceSession, images: np.ndarray, outputs: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Run one batch [N, C, H, W] float32; returns the named outputs."""
+    names = list(outputs) if outputs else [o.name for o in session.get_outputs()]
+    values = session.run(names, {session.get_inputs()[0].name: images})
+    return dict(zip(names, values, strict=True))
+
+
+def run_batched(
+    session: ort.InferenceSession,
+    images: np.ndarray,
+    batch_size: int = 256,
+    outputs: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Run many images in batches and concatenate the named outputs."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(images), batch_size):
+        batch = np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)
+        for name, value in run(session, batch, outputs).items():
+            parts.setdefault(name, []).append(value)
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}

@@ -1,0 +1,134 @@
+"""Write a model bundle: export the graphs, calibrate on held-out normals, write the manifest."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+from service.bundle import (
+    DECODER_FILE,
+    MODEL_FILE,
+    InputSpec,
+    Manifest,
+    ModelInfo,
+    OnnxInfo,
+    TrainingInfo,
+    now,
+    sha256_file,
+    write_manifest,
+)
+from training.calibrate import make_calibration, score_images
+from training.export import OPSET, export_decoder, export_onnx
+from training.models import count_parameters
+from training.scores import ScoreGraph
+
+PRIMARY_SCORE = "combined"
+DESCRIPTIONS = {
+    "reconstruction": "mean squared error between the image and its reconstruction",
+    "ssim": "1 - mean structural similarity (SSIM, 7x7 Gaussian window) of image and reconstruction",
+    "mahalanobis": "squared Mahalanobis distance of the latent code under the training codes, / dim",
+    "kl": "KL(q(z|x) || N(0, I)) summed over latent dimensions",
+    "combined": "mean of the log-scores above, each standardised on the validation split",
+}
+
+
+def versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def write_bundle(
+    out: Path,
+    graph: ScoreGraph,
+    spec: InputSpec,
+    calibration_images: np.ndarray,
+    training: dict[str, Any],
+    target_fpr: float,
+    name: str,
+) -> Manifest:
+    """Export, calibrate and write a complete bundle to `out` (replaced atomically)."""
+    cfg = graph.model.cfg
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
+    try:
+        outputs = export_onnx(graph, staging / MODEL_FILE)
+        if cfg.variational:
+            export_decoder(graph.model, staging / DECODER_FILE)
+        scores = graph.score_names()
+        partial = _manifest(graph, spec, outputs, scores, staging, training, name)
+        raw = _score_staged(staging, partial, calibration_images)
+        calibration = make_calibration(
+            raw,
+            scores,
+            [PRIMARY_SCORE],
+            target_fpr,
+            f"{training['data_source']} (calibration split)",
+        )
+        manifest = partial.model_copy(update={"calibration": calibration})
+        write_manifest(staging, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _score_staged(staging: Path, manifest: Manifest, images: np.ndarray) -> dict[str, np.ndarray]:
+    write_manifest(staging, manifest)
+    return score_images(staging, images)
+
+
+def _manifest(
+    graph: ScoreGraph,
+    spec: InputSpec,
+    outputs: list[str],
+    scores: list[str],
+    staging: Path,
+    training: dict[str, Any],
+    name: str,
+) -> Manifest:
+    """A manifest with a placeholder calibration (one zero per score), replaced right after."""
+    cfg = graph.model.cfg
+    from service.bundle import Calibration
+
+    placeholder = Calibration(
+        target_fpr=0.5,
+        verdict_scores=[PRIMARY_SCORE],
+        n=1,
+        scores={s: [0.0] for s in scores},
+        data_source="",
+        created_at=now(),
+    )
+    return Manifest(
+        name=name,
+        version=1,
+        created_at=now(),
+        model=ModelInfo(
+            kind=cfg.kind,
+            latent_dim=cfg.latent_dim,
+            beta=cfg.beta if cfg.variational else None,
+            loss=training["config"]["loss"],
+            denoise=training["config"]["denoise"],
+            parameters=count_parameters(graph.model),
+        ),
+        input=spec,
+        onnx=OnnxInfo(sha256=sha256_file(staging / MODEL_FILE), opset=OPSET, outputs=outputs),
+        scores=scores,
+        primary_score=PRIMARY_SCORE,
+        score_descriptions={s: DESCRIPTIONS[s] for s in scores},
+        calibration=placeholder,
+        training=TrainingInfo(**training, versions=versions()),
+    )

@@ -1,0 +1,72 @@
+"""Calibrate thresholds on held-out normal images, and recalibrate an existing bundle.
+
+The math (quantiles, p-values, the union budget) lives in `service.calibration`, shared
+with the service, which re-derives thresholds for any target FPR at run time.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from service import calibration as cal
+from service.bundle import Calibration, Manifest, load_bundle, now, write_manifest
+from service.runtime import create_session, run_batched
+from training.data import DataError, Images, to_inputs
+
+
+def make_calibration(
+    raw: dict[str, np.ndarray],
+    score_names: list[str],
+    verdict_scores: list[str],
+    target_fpr: float,
+    source: str,
+) -> Calibration:
+    """The manifest's calibration block from the graph's scores on held-out normal images."""
+    sorted_scores = {name: cal.sorted_scores(raw[name]) for name in score_names}
+    n = len(next(iter(sorted_scores.values())))
+    cal.check_fpr(target_fpr, n, len(verdict_scores))
+    return Calibration(
+        target_fpr=target_fpr,
+        verdict_scores=verdict_scores,
+        n=n,
+        scores={name: values.tolist() for name, values in sorted_scores.items()},
+        data_source=source,
+        created_at=now(),
+    )
+
+
+def score_images(bundle: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of a bundle's graph for a float batch, through ONNX Runtime."""
+    _, model_path = load_bundle(bundle)
+    session = create_session(model_path, providers=["CPUExecutionProvider"])
+    return run_batched(session, images)
+
+
+def recalibrate(
+    bundle: Path, normals: Images, target_fpr: float | None, out: Path | None
+) -> tuple[Path, Manifest]:
+    """A new bundle version whose thresholds come from `normals`; the ONNX file is untouched."""
+    manifest, _ = load_bundle(bundle)
+    if len(normals) == 0:
+        raise DataError(f"{normals.source}: no normal images to calibrate on")
+    raw = score_images(bundle, to_inputs(normals, manifest.input))
+    calibration = make_calibration(
+        raw,
+        manifest.scores,
+        list(manifest.calibration.verdict_scores),
+        target_fpr if target_fpr is not None else manifest.calibration.target_fpr,
+        normals.source,
+    )
+    updated = manifest.model_copy(
+        update={"calibration": calibration, "version": manifest.version + 1, "created_at": now()}
+    )
+    target = out or bundle
+    if target != bundle:
+        shutil.copytree(bundle, target, dirs_exist_ok=True)
+    else:  # keep the previous manifest beside the new one
+        shutil.copy2(bundle / "manifest.json", bundle / f"manifest.v{manifest.version}.json")
+    write_manifest(target, updated)
+    return target, updated

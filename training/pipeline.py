@@ -1,0 +1,195 @@
+"""`vigil train` end to end: read → split → fit → fit score statistics → bundle → evaluate → report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.bundle import DECODER_FILE, Manifest, write_manifest
+from training.bundle import write_bundle
+from training.data import (
+    FASHION_MNIST_CLASSES,
+    DataError,
+    Images,
+    infer_spec,
+    read_images,
+    split_indices,
+    to_inputs,
+)
+from training.evaluate import Evaluation, evaluate_bundle
+from training.models import AutoEncoder, Kind, ModelConfig
+from training.scores import ScoreGraph
+from training.train import FitConfig, fit, seed_everything
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of `vigil train`, with its default."""
+
+    data: str
+    out: Path
+    model: str = "vae"
+    normal_class: int | None = None
+    anomaly_data: str | None = None
+    image_size: tuple[int, int] | None = None
+    color_mode: str | None = None
+    latent_dim: int = 16
+    base_width: int = 32
+    beta: float | None = None
+    loss: str = "mse"
+    denoise: float = 0.0
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    patience: int = 5
+    val_fraction: float = 0.1
+    cal_fraction: float = 0.2
+    target_fpr: float = 0.01
+    seed: int = 0
+    max_images: int | None = None
+    name: str | None = None
+    report: bool = True
+    progress: bool = True
+
+    @property
+    def kind(self) -> Kind:
+        if self.model == "vae" and self.beta not in (None, 1.0):
+            return "beta-vae"
+        return "vae" if self.model == "vae" else "ae"
+
+    def fit_config(self) -> FitConfig:
+        return FitConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            patience=self.patience,
+            beta=1.0 if self.beta is None else self.beta,
+            loss=self.loss,
+            denoise=self.denoise,
+            seed=self.seed,
+            progress=self.progress,
+        )
+
+
+def normal_images(cfg: TrainConfig) -> Images:
+    images = read_images(cfg.data, "train")
+    if cfg.normal_class is not None:
+        images = images.of_class(cfg.normal_class)
+    if len(images) == 0:
+        raise DataError(f"{cfg.data}: no images of class {cfg.normal_class}")
+    if cfg.max_images is not None and len(images) > cfg.max_images:
+        keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(images))[: cfg.max_images])
+        images = images.select(keep)
+    return images
+
+
+def held_out_anomalies(cfg: TrainConfig, limit: int) -> Images | None:
+    """Anomalies for the training report: --anomaly-data, else other classes of a labelled set."""
+    if cfg.anomaly_data:
+        return read_images(cfg.anomaly_data, "test")
+    if cfg.normal_class is None:
+        return None
+    others = read_images(cfg.data, "test").of_class(cfg.normal_class, keep=False)
+    keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(others))[:limit])
+    return others.select(keep)
+
+
+def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation | None]:
+    seed_everything(cfg.seed)
+    images = normal_images(cfg)
+    spec = infer_spec(images, cfg.image_size, cfg.color_mode)
+    splits = split_indices(len(images), cfg.seed, cfg.val_fraction, cfg.cal_fraction)
+    print(
+        f"{len(images)} normal images from {images.source}, {spec.channels}x{spec.height}x"
+        f"{spec.width} {spec.color_mode}; split {splits.sizes()}"
+    )
+    x = torch.from_numpy(to_inputs(images, spec))
+    model_cfg = ModelConfig(
+        kind=cfg.kind,
+        channels=spec.channels,
+        height=spec.height,
+        width=spec.width,
+        latent_dim=cfg.latent_dim,
+        base_width=cfg.base_width,
+        beta=1.0 if cfg.beta is None else cfg.beta,
+    )
+    model = AutoEncoder(model_cfg)
+    history = fit(model, x[splits.train], x[splits.val], cfg.fit_config())
+    graph = fit_statistics(ScoreGraph(model), x[splits.train], x[splits.val])
+    training = {
+        "data_source": images.source,
+        "normal_class": cfg.normal_class,
+        "split_sizes": splits.sizes(),
+        "epochs": len(history.epochs),
+        "best_epoch": history.best_epoch,
+        "seed": cfg.seed,
+        "seconds": round(history.seconds, 2),
+        "device": history.device,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    }
+    name = cfg.name or cfg.out.name
+    manifest = write_bundle(
+        cfg.out, graph, spec, x[splits.cal].numpy(), training, cfg.target_fpr, name
+    )
+    (cfg.out / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
+    print(f"bundle written to {cfg.out}")
+    evaluation = evaluate_held_out(cfg, manifest, images.select(splits.val), history.epochs)
+    return manifest, evaluation
+
+
+@torch.no_grad()
+def fit_statistics(graph: ScoreGraph, train: torch.Tensor, val: torch.Tensor) -> ScoreGraph:
+    """Latent density from the training codes; score standardisation from validation images."""
+    graph.eval()
+    device = next(graph.parameters()).device
+    mu = torch.cat([graph.model.encode(b.to(device))[0] for b in train.split(512)])
+    graph.fit_latent_density(mu)
+    parts = [graph.raw_scores(b.to(device))[0] for b in val.split(512)]
+    graph.fit_standardisation({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+    return graph.cpu()
+
+
+def evaluate_held_out(
+    cfg: TrainConfig, manifest: Manifest, val_normals: Images, history: list[dict[str, float]]
+) -> Evaluation | None:
+    """Evaluate on the validation normals and any held-out anomalies; record it in the bundle."""
+    anomalies = held_out_anomalies(cfg, limit=max(len(val_normals), 1000))
+    if anomalies is None:
+        return None
+    evaluation = evaluate_bundle(cfg.out, val_normals, anomalies)
+    manifest = manifest.model_copy(update={"evaluation": evaluation.summary()})
+    write_manifest(cfg.out, manifest)
+    primary = evaluation.metrics[manifest.primary_score]
+    print(
+        f"held-out evaluation: AUROC {primary['auroc']:.4f} ({manifest.primary_score}), "
+        f"verdict FPR {evaluation.verdict['fpr']:.3f}, TPR {evaluation.verdict['tpr']:.3f}"
+    )
+    if cfg.report:
+        write_training_report(cfg.out / "report", cfg.out, evaluation, history, cfg.data)
+    return evaluation
+
+
+def write_training_report(
+    out: Path,
+    bundle: Path,
+    evaluation: Evaluation,
+    history: list[dict[str, float]] | None,
+    data: str,
+) -> Path:
+    from training.report import write_report
+
+    decoder = bundle / DECODER_FILE
+    page = write_report(
+        out,
+        evaluation,
+        history,
+        decoder if decoder.exists() else None,
+        class_names=FASHION_MNIST_CLASSES if data == "fashion-mnist" else None,
+        title=f"Vigil report: {bundle.name}",
+    )
+    print(f"report: {page}")
+    return page
