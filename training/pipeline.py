@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from service.bundle import DECODER_FILE, Manifest, write_manifest
+from service.calibration import check_fpr
 from training.bundle import write_bundle
 from training.data import (
     FASHION_MNIST_CLASSES,
@@ -103,6 +104,7 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation | None]:
     images = normal_images(cfg)
     spec = infer_spec(images, cfg.image_size, cfg.color_mode)
     splits = split_indices(len(images), cfg.seed, cfg.val_fraction, cfg.cal_fraction)
+    check_fpr(cfg.target_fpr, len(splits.cal))  # fail before training, not after
     print(
         f"{len(images)} normal images from {images.source}, {spec.channels}x{spec.height}x"
         f"{spec.width} {spec.color_mode}; split {splits.sizes()}"
