@@ -14,7 +14,9 @@ def make_blobs(n: int, size: int = 28, channels: int = 1, seed: int = 0) -> np.n
     yy, xx = np.mgrid[0:size, 0:size]
     centres = rng.uniform(size * 0.3, size * 0.7, (n, 2))
     radius = rng.uniform(size * 0.12, size * 0.2, (n, 1, 1))
-    dist2 = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
+    dist2 = (yy[None] - centres[:, 0, None, None]) ** 2 + (
+        xx[None] - centres[:, 1, None, None]
+    ) ** 2
     images = np.exp(-dist2 / (2 * radius**2))
     if channels == 3:
         tint = rng.uniform(0.6, 1.0, (n, 1, 1, 3))

@@ -1,0 +1,157 @@
+"""`vigil train`, `vigil evaluate` and `vigil calibrate` as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_blobs
+from PIL import Image
+
+from service.bundle import load_bundle, read_manifest
+from training.cli import main
+
+
+def test_train_help_documents_every_flag_with_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in [
+        "--latent-dim",
+        "--beta",
+        "--denoise",
+        "--loss",
+        "--normal-class",
+        "--epochs",
+        "--target-fpr",
+        "--seed",
+    ]:
+        assert flag in text
+    assert "(default: 16)" in text and "(default: 0.01)" in text
+
+
+def test_train_on_a_folder_of_rgb_pngs(rgb_bundle: Path) -> None:
+    manifest, _ = load_bundle(rgb_bundle)
+    assert (manifest.input.channels, manifest.input.height, manifest.input.width) == (3, 32, 32)
+    assert manifest.input.color_mode == "RGB" and manifest.model.kind == "vae"
+    assert (rgb_bundle / "decoder.onnx").exists()
+
+
+def test_train_evaluate_calibrate_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    normals = make_blobs(240, size=20, seed=1)
+    rng = np.random.default_rng(5)
+    anomalies = rng.integers(0, 256, (60, 20, 20), dtype=np.uint8)  # noise is not a blob
+    np.save(tmp_path / "normal.npy", normals)
+    anomaly_dir = tmp_path / "anomalies"
+    anomaly_dir.mkdir()
+    for i, a in enumerate(anomalies):
+        Image.fromarray(a).save(anomaly_dir / f"noise-{i}.png")
+    bundle = tmp_path / "bundle"
+    argv = [
+        "train",
+        "--data",
+        str(tmp_path / "normal.npy"),
+        "--anomaly-data",
+        str(anomaly_dir),
+        "--model",
+        "ae",
+        "--latent-dim",
+        "4",
+        "--epochs",
+        "3",
+        "--target-fpr",
+        "0.05",
+        "--out",
+        str(bundle),
+    ]
+    assert main(argv) == 0
+    assert (bundle / "report" / "index.html").exists()
+
+    assert (
+        main(
+            [
+                "evaluate",
+                "--bundle",
+                str(bundle),
+                "--data",
+                str(tmp_path / "normal.npy"),
+                "--anomaly-data",
+                str(anomaly_dir),
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert "AUROC" in table and "verdict at target FPR 0.05" in table
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["scores"]["combined"]["auroc"] > 0.9  # noise is easy to tell from blobs
+
+    onnx_before = (bundle / "model.onnx").read_bytes()
+    np.save(tmp_path / "new-normals.npy", make_blobs(200, size=20, seed=9))
+    assert (
+        main(
+            [
+                "calibrate",
+                "--bundle",
+                str(bundle),
+                "--data",
+                str(tmp_path / "new-normals.npy"),
+                "--target-fpr",
+                "0.1",
+            ]
+        )
+        == 0
+    )
+    manifest = read_manifest(bundle)
+    assert (
+        manifest.version == 2
+        and manifest.calibration.target_fpr == 0.1
+        and manifest.calibration.n == 200
+    )
+    assert (bundle / "model.onnx").read_bytes() == onnx_before
+    assert read_manifest(bundle).onnx.sha256 == manifest.onnx.sha256
+    assert (bundle / "manifest.v1.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "/nonexistent", "--out", "x"], "no such file or folder"),
+        (
+            ["train", "--data", "fashion-mnist", "--normal-class", "42", "--out", "x"],
+            "no images of class 42",
+        ),
+        (["calibrate", "--bundle", "/nonexistent", "--data", "fashion-mnist"], "not a directory"),
+    ],
+)
+def test_bad_input_is_one_clear_line_not_a_traceback(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_too_few_calibration_images_for_the_target_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "few.npy", make_blobs(50, size=12))
+    assert main(["train", "--data", str(tmp_path / "few.npy"), "--out", str(tmp_path / "b")]) == 2
+    assert "smallest that 10 calibration" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
