@@ -111,7 +111,7 @@ def test_corrupt_image_in_folder_is_named(tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     data = read_images(str(tmp_path))
     spec = InputSpec(channels=1, height=8, width=8, color_mode="L")
-    with pytest.raises(DataError, match="broken.png"):
+    with pytest.raises(DataError, match=r"broken\.png"):
         to_inputs(data, spec)
 
 

@@ -13,7 +13,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULTS = "(default: %(default)s)"
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default once: where the help text does not already explain it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        silent = action.default in (None, argparse.SUPPRESS, True, False) or action.required
+        if "default" in text or silent:
+            return text
+        return text + " (default: %(default)s)"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -47,12 +55,12 @@ def _data_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
         "--normal-class",
         type=int,
         default=None,
-        help="for labelled data: the class that is normal " + DEFAULTS,
+        help="for labelled data: the class that is normal (default: all images are normal)",
     )
     p.add_argument(
         "--anomaly-data",
         default=None,
-        help="images known to be anomalous, for evaluation only " + DEFAULTS,
+        help="images known to be anomalous, for evaluation only (default: for labelled data, the other classes)",
     )
 
 
@@ -63,7 +71,7 @@ def add_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
         help="train a model on normal images and write a bundle",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _data_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
@@ -135,7 +143,7 @@ def add_train(sub: Any) -> None:
         help="false-positive rate the thresholds are calibrated for",
     )
     p.add_argument(
-        "--max-images", type=int, default=None, help="use at most this many normal images"
+        "--max-images", type=int, default=None, help="use at most this many normal images (default: all)"
     )
     p.add_argument("--seed", type=int, default=d.seed, help="seed for splits, init and batches")
     p.add_argument("--name", default=None, help="model name in the manifest (default: out's name)")
@@ -156,7 +164,7 @@ def add_evaluate(sub: Any) -> None:
     p = sub.add_parser(
         "evaluate",
         help="one-class evaluation of a bundle, with a report",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--bundle", type=Path, help="bundle to evaluate")
     _data_arguments(p)
@@ -195,7 +203,7 @@ def add_calibrate(sub: Any) -> None:
     p = sub.add_parser(
         "calibrate",
         help="recalibrate a bundle's thresholds on new normal images",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--bundle", type=Path, required=True, help="bundle to recalibrate")
     _data_arguments(p)
@@ -233,7 +241,7 @@ def add_serve(sub: Any) -> None:
     p = sub.add_parser(
         "serve",
         help="serve a bundle over HTTP (POST /score)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_arguments(p)
     p.set_defaults(run=_serve)
