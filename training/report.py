@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,6 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure, SubFigure
-from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from sklearn.metrics import roc_curve
 
@@ -38,19 +38,13 @@ MANIFOLD_STEPS = 15
 MANIFOLD_RANGE = 2.5
 INTERPOLATION_STEPS = 10
 SEED = 0
+LOG_SPAN = 50  # a positive score spanning this max/min ratio is drawn on a log axis
 DPI = 110
-PLOTS = (
-    "training.png",
-    "roc.png",
-    "histograms.png",
-    "examples.png",
-    "latent.png",
-    "samples.png",
-    "interpolation.png",
-    "manifold.png",
-)
+DECODER_PLOTS = ("samples.png", "interpolation.png", "manifold.png")
+PLOTS = ("training.png", "roc.png", "histograms.png", "examples.png", "latent.png", *DECODER_PLOTS)
 
 Decode = Callable[[np.ndarray], np.ndarray]
+log = logging.getLogger("vigil.report")
 
 
 # ---------------------------------------------------------------- document model
@@ -61,6 +55,7 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     highlight: int | None = None  # index of a row to emphasise
+    numeric: bool = False  # columns after the first hold numbers (right-aligned)
 
 
 @dataclass(frozen=True)
@@ -171,7 +166,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _save(fig: Figure, out: Path, name: str) -> str:
-    fig.savefig(out / name, dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.savefig(out / name, dpi=DPI, facecolor="white")  # constrained layout: no "tight" pass
     fig.clear()
     return name
 
@@ -328,23 +323,29 @@ def _metrics_section(ev: Evaluation) -> Section:
                 _num(row.get("f1_best_threshold")) if labelled else "—",
             ]
         )
-    blocks: list[Block] = [Table(METRIC_HEADER, rows, highlight), _threshold_note(ev, labelled)]
-    blocks.append(
-        "Scores: "
-        + "; ".join(f"{k}: {v}" for k, v in m.score_descriptions.items() if k in m.scores)
-        + "."
-    )
+    meanings = [[name, m.score_descriptions.get(name, "")] for name in m.scores]
+    blocks: list[Block] = [
+        Table(METRIC_HEADER, rows, highlight, numeric=True),
+        _threshold_note(ev, labelled),
+        Table(["score", "meaning (higher = more anomalous)"], meanings),
+    ]
     return Section("Detection metrics", blocks)
 
 
 def _threshold_note(ev: Evaluation, labelled: bool) -> str:
     c = ev.manifest.calibration
-    share = c.target_fpr / len(c.verdict_scores)
+    split = ""
+    if len(c.verdict_scores) > 1:
+        share = c.target_fpr / len(c.verdict_scores)
+        split = (
+            f" (each of the {len(c.verdict_scores)} verdict scores at an equal share, "
+            f"{_pct(share)}, so that their union meets the target)"
+        )
     note = (
-        f"The default threshold is the calibrated one: the score that held-out normal images "
-        f"exceed with probability {_pct(c.target_fpr)} (for verdict scores, their share "
-        f"{_pct(share)} of that budget), so it needs no labelled anomalies. FPR and TPR are "
-        f"what it achieves on this evaluation set. "
+        f"The default threshold is the calibrated one: set on the scores of {c.n:,} held-out "
+        f"normal images so that a normal image exceeds it with probability at most "
+        f"{_pct(c.target_fpr)}{split}. It needs no labelled anomalies. FPR and TPR are what it "
+        f"achieves on this evaluation set. "
     )
     if labelled:
         return note + (
@@ -420,7 +421,7 @@ def _scores_section(out: Path, ev: Evaluation) -> Section:
     section.blocks.append(
         Image(
             _plot_histograms(out, ev),
-            "Score distributions of normal and anomalous images (each normalised to area 1); "
+            "Score distributions of normal and anomalous images (each group sums to 1); "
             "the dashed line is the calibrated threshold.",
         )
     )
@@ -465,7 +466,8 @@ def _plot_roc(out: Path, ev: Evaluation) -> str:
         xlim=(lowest / 1.5, 1),
         ylim=(0, 1.01),
     )
-    log.legend(fontsize=8, loc="lower right")
+    dot = Line2D([], [], marker="o", ls="", color="0.3", label="calibrated threshold")
+    log.legend(handles=[*log.get_legend_handles_labels()[0], dot], fontsize=8, loc="lower right")
     for ax in (linear, log):
         ax.grid(alpha=0.3)
     return _save(fig, out, "roc.png")
@@ -481,6 +483,11 @@ def _plot_histograms(out: Path, ev: Evaluation) -> str:
         _histogram(ax, ev, name)
     for ax in axes[len(names) :]:
         ax.remove()
+    legend: dict[str, Any] = {}
+    for ax in axes[: len(names)]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), loc="outside upper center", ncols=len(legend))
     return _save(fig, out, "histograms.png")
 
 
@@ -492,7 +499,7 @@ def _histogram(ax: Axes, ev: Evaluation, name: str) -> None:
     if values.size == 0:
         ax.set_title(f"{name}: no finite scores")
         return
-    logx = bool(values.min() > 0 and values.max() / values.min() >= 100)
+    logx = bool(values.min() > 0 and values.max() / values.min() >= LOG_SPAN)
     lo, hi = float(values.min()), float(values.max())
     if threshold is not None and math.isfinite(threshold) and (threshold > 0 or not logx):
         lo, hi = min(lo, threshold), max(hi, threshold)
@@ -502,29 +509,28 @@ def _histogram(ax: Axes, ev: Evaluation, name: str) -> None:
     for label, color, text in ((0, NORMAL_COLOR, "normal"), (1, ANOMALY_COLOR, "anomalous")):
         group = scores[ok & (ev.labels == label)]
         if group.size:
+            # Share of the group per bin: comparable across groups of any size and on log bins.
+            weights = np.full(group.size, 1.0 / group.size)
+            edges = bins.tolist()
+            ax.hist(group, edges, weights=weights, histtype="stepfilled", alpha=0.35, color=color)
             ax.hist(
                 group,
-                bins=bins.tolist(),
-                density=True,
-                histtype="stepfilled",
-                alpha=0.35,
-                color=color,
-            )
-            ax.hist(
-                group,
-                bins=bins.tolist(),
-                density=True,
+                edges,
+                weights=weights,
                 histtype="step",
                 color=color,
-                label=f"{text} (n={group.size:,})",
+                label=f"{text} (n={group.size:,})",  # the same in every panel
             )
     if threshold is not None and math.isfinite(threshold):
-        ax.axvline(threshold, color="black", ls="--", lw=1.2, label=f"threshold {_num(threshold)}")
+        ax.axvline(threshold, color="black", ls="--", lw=1.2, label="calibrated threshold")
     if logx:
         ax.set_xscale("log")
     title = f"{name} (primary)" if name == ev.manifest.primary_score else name
-    ax.set(title=title, xlabel=f"{name} score" + (" (log)" if logx else ""), ylabel="density")
-    ax.legend(fontsize=7)
+    if threshold is not None:
+        title += f", threshold {_num(threshold)}"
+    ax.set(
+        title=title, xlabel=f"{name} score" + (" (log)" if logx else ""), ylabel="share of images"
+    )
     ax.grid(alpha=0.3)
 
 
@@ -569,11 +575,10 @@ def _plot_examples(out: Path, ev: Evaluation, class_names: Sequence[str] | None)
     errors = np.asarray(ev.outputs["error_map"], dtype=np.float32)
     vmax = float(np.percentile(errors[shown], 99.5)) or 1.0
     rows = max(len(idx) for _, idx in groups)
-    fig = Figure(figsize=(6.2 * len(groups), 0.95 * rows + 1.2), layout="constrained")
+    fig = Figure(figsize=(4.6 * len(groups), 0.95 * rows + 1.5), layout="constrained")
     subfigs = fig.subfigures(1, len(groups), squeeze=False)[0]
     for sub, (name, idx) in zip(subfigs, groups, strict=True):
-        ax, image = _example_group(sub, ev, name, idx, primary, flags, vmax, class_names)
-    sub.colorbar(image, ax=ax, shrink=0.6, label="squared error")
+        _example_group(sub, ev, name, idx, primary, flags, vmax, class_names)
     return _save(fig, out, "examples.png")
 
 
@@ -586,8 +591,8 @@ def _example_group(
     flags: np.ndarray,
     vmax: float,
     class_names: Sequence[str] | None,
-) -> tuple[Axes, AxesImage]:
-    """Input, reconstruction and error columns of one group; returns the error axes and image."""
+) -> None:
+    """Input, reconstruction and error columns of one group, with the error colour scale below."""
     h = ev.images.shape[2]
     pad = _pad(h)
     inputs = np.stack([_tile(ev.images[i]) for i in idx])
@@ -614,7 +619,15 @@ def _example_group(
     for tick, i in zip(axes[0].get_yticklabels(), idx, strict=True):
         tick.set_color(WRONG_COLOR if bool(flags[i]) != anomalous else "black")
     fig.suptitle(f"{name} images", fontsize=11, color=ANOMALY_COLOR if anomalous else NORMAL_COLOR)
-    return axes[2], image
+    fig.colorbar(
+        image,
+        ax=list(axes),
+        orientation="horizontal",
+        shrink=0.5,
+        aspect=30,
+        pad=0.01,
+        label="squared error (one scale for all rows)",
+    )
 
 
 def _example_label(
@@ -628,7 +641,7 @@ def _example_label(
     if ev.classes is not None:
         head += f" {_class_name(ev.classes[i], class_names)}"
     verdict = "flagged" if flags[i] else "passed"
-    return f"{head}\nscore {_num(float(primary[i]))}, {verdict}"
+    return f"{head}\nscore {float(primary[i]):.3g}, {verdict}"
 
 
 # ---------------------------------------------------------------- latent space
@@ -641,7 +654,11 @@ def _latent_section(out: Path, ev: Evaluation, class_names: Sequence[str] | None
         return section
     file, how = _plot_latent(out, ev, np.asarray(latent, dtype=np.float64), class_names)
     section.blocks.append(
-        Image(file, f"Latent codes (μ for a VAE) {how}; left by class, right by primary score.")
+        Image(
+            file,
+            f"Latent codes (μ for a VAE) {how}; left by class (or normal / anomalous), "
+            "right by primary score.",
+        )
     )
     return section
 
@@ -702,7 +719,8 @@ def _plot_latent(
         vmax=np.nanpercentile(primary, 99),
     )
     fig.colorbar(points, ax=right, label=f"{ev.manifest.primary_score} score")
-    for ax, title in ((left, "Latent space by class"), (right, "Latent space by primary score")):
+    by = "class" if ev.classes is not None else "label"
+    for ax, title in ((left, f"Latent space by {by}"), (right, "Latent space by primary score")):
         ax.set(title=title, xlabel=axis_labels[0], ylabel=axis_labels[1])
         ax.grid(alpha=0.3)
     return _save(fig, out, "latent.png"), how
@@ -736,19 +754,32 @@ def _handle(color: Any, label: str) -> Line2D:
 
 
 def _generative_section(out: Path, ev: Evaluation, decoder: Path | None) -> Section:
+    """Decoder plots; a decoder that fails to load or run costs these plots, not the report."""
     section = Section("Decoder")
     if decoder is None or "latent" not in ev.outputs:
         return section
-    session = create_session(Path(decoder), providers=["CPUExecutionProvider"])
+    try:
+        session = create_session(Path(decoder), providers=["CPUExecutionProvider"])
 
-    def decode(z: np.ndarray) -> np.ndarray:
-        return next(iter(run(session, np.ascontiguousarray(z, dtype=np.float32)).values()))
+        def decode(z: np.ndarray) -> np.ndarray:
+            return next(iter(run(session, np.ascontiguousarray(z, dtype=np.float32)).values()))
 
+        section.blocks += _decoder_blocks(out, ev, decode)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        log.warning("decoder plots skipped: %s", exc)
+        for name in DECODER_PLOTS:
+            (out / name).unlink(missing_ok=True)
+        section.blocks = [f"Decoder plots skipped: {decoder} could not be run ({exc})."]
+    return section
+
+
+def _decoder_blocks(out: Path, ev: Evaluation, decode: Decode) -> list[Block]:
+    blocks: list[Block] = []
     latent = np.asarray(ev.outputs["latent"], dtype=np.float32)
     d = latent.shape[1]
     variational = ev.manifest.model.kind in ("vae", "beta-vae")
     if variational:
-        section.blocks.append(
+        blocks.append(
             Image(
                 _plot_samples(out, decode, d),
                 f"{SAMPLE_GRID**2} images decoded from "
@@ -757,7 +788,7 @@ def _generative_section(out: Path, ev: Evaluation, decoder: Path | None) -> Sect
         )
     file = _plot_interpolation(out, ev, decode, latent)
     if file is not None:
-        section.blocks.append(
+        blocks.append(
             Image(
                 file,
                 "Decoded straight lines between latent codes, with the two inputs at the "
@@ -765,14 +796,14 @@ def _generative_section(out: Path, ev: Evaluation, decoder: Path | None) -> Sect
             )
         )
     if variational and d == 2:
-        section.blocks.append(
+        blocks.append(
             Image(
                 _plot_manifold(out, decode),
                 f"The decoder over a regular {MANIFOLD_STEPS} × "
                 f"{MANIFOLD_STEPS} grid of z in [-{MANIFOLD_RANGE}, {MANIFOLD_RANGE}]².",
             )
         )
-    return section
+    return blocks
 
 
 def _plot_samples(out: Path, decode: Decode, d: int) -> str:
@@ -787,7 +818,9 @@ def _plot_samples(out: Path, decode: Decode, d: int) -> str:
     return _save(fig, out, "samples.png")
 
 
-def _interpolation_pairs(ev: Evaluation) -> list[tuple[str, int, int]]:
+def _interpolation_pairs(ev: Evaluation, latent: np.ndarray) -> list[tuple[str, int, int]]:
+    """From the most typical normal image to the most different typical one, and to the
+    highest-scoring anomaly."""
     primary = np.asarray(ev.outputs[ev.manifest.primary_score], dtype=np.float64)
     normals = np.flatnonzero(ev.labels == 0)
     anomalies = np.flatnonzero(ev.labels == 1)
@@ -797,7 +830,9 @@ def _interpolation_pairs(ev: Evaluation) -> list[tuple[str, int, int]]:
     start = int(order[0])  # the most typical normal image
     pairs = []
     if order.size > 1:
-        pairs.append(("normal → normal", start, int(order[len(order) // 2])))
+        typical = order[1 : max(2, (len(order) + 1) // 2)]  # the better-scoring half
+        far = typical[np.argmax(((latent[typical] - latent[start]) ** 2).sum(axis=1))]
+        pairs.append(("normal → normal", start, int(far)))
     if anomalies.size:
         pairs.append(("normal → anomaly", start, int(anomalies[np.argmax(primary[anomalies])])))
     return pairs
@@ -806,7 +841,7 @@ def _interpolation_pairs(ev: Evaluation) -> list[tuple[str, int, int]]:
 def _plot_interpolation(
     out: Path, ev: Evaluation, decode: Decode, latent: np.ndarray
 ) -> str | None:
-    pairs = _interpolation_pairs(ev)
+    pairs = _interpolation_pairs(ev, latent)
     if not pairs:
         return None
     steps = np.linspace(0.0, 1.0, INTERPOLATION_STEPS)
@@ -905,13 +940,13 @@ def _html_block(block: Block) -> str:
             f"<figcaption>{e(block.caption)}</figcaption></figure>"
         )
     key_value = not any(block.header)
-    lines = [f'<table class="{"kv" if key_value else "metrics"}">']
+    lines = [f'<table class="{"kv" if key_value else "grid"}">']
     if not key_value:
         lines.append("<tr>" + "".join(f"<th>{e(h)}</th>" for h in block.header) + "</tr>")
     for i, row in enumerate(block.rows):
         cls = ' class="highlight"' if i == block.highlight else ""
         cells = "".join(
-            f"<td{'' if key_value or k == 0 else ' class=num'}>{e(c)}</td>"
+            f"<td{' class=num' if block.numeric and k > 0 else ''}>{e(c)}</td>"
             for k, c in enumerate(row)
         )
         lines.append(f"<tr{cls}>{cells}</tr>")
@@ -931,7 +966,7 @@ def _markdown_block(block: Block) -> str:
     if isinstance(block, str):
         return block
     if isinstance(block, Image):
-        return f"![{block.caption}]({block.file})\n\n*{block.caption}*"
+        return f"![{Path(block.file).stem}]({block.file})\n\n*{block.caption}*"
 
     def cells(row: list[str], bold: bool = False) -> str:
         text = [c.replace("|", "\\|") for c in row]
@@ -940,6 +975,7 @@ def _markdown_block(block: Block) -> str:
         return "| " + " | ".join(text) + " |"
 
     header = block.header if any(block.header) else [" "] * len(block.header)
-    lines = [cells(header), "|" + "|".join("---" for _ in header) + "|"]
+    rule = ["---", *(("---:" if block.numeric else "---") for _ in header[1:])]
+    lines = [cells(header), "|" + "|".join(rule) + "|"]
     lines += [cells(row, i == block.highlight) for i, row in enumerate(block.rows)]
     return "\n".join(lines)
