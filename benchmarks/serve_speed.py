@@ -1,0 +1,173 @@
+"""Service throughput and latency, side by side in one run, with `hey` on 127.0.0.1.
+
+Servers, each 1 uvicorn worker (uvloop + httptools), started and stopped by this script:
+  vigil          `vigil serve` with its defaults (dynamic batching on)
+  vigil-nobatch  the same with VIGIL_BATCHING=false
+  bare-fastapi   a FastAPI endpoint that only reads the multipart upload (benchmarks/bare_app.py)
+  torch-eager    FastAPI + torch eager per request, same architecture (benchmarks/torch_app.py)
+Loads: one 28x28 PNG per request at c = 1, 8, 32, 128; 32 PNGs per request at c = 8.
+Also ONNX Runtime alone, in-process, at batch 1 and 32: the ceiling for the model.
+
+    .venv/bin/python benchmarks/serve_speed.py --bundle models/default [--quick]
+
+Needs `hey` (Debian: apt-get install hey). Writes benchmarks/results/serve_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import save, table
+from service.bundle import load_bundle
+from service.runtime import create_session, run
+from training.data import read_images
+
+BOUNDARY = "vigilbenchboundary"
+UVICORN = ["--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def multipart(pngs: list[bytes]) -> bytes:
+    parts = []
+    for i, png in enumerate(pngs):
+        head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{i}.png\"\r\n"
+                "Content-Type: image/png\r\n\r\n")  # fmt: skip
+        parts.append(head.encode() + png + b"\r\n")
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def test_pngs(count: int) -> list[bytes]:
+    images = read_images("fashion-mnist", "test")
+    assert images.arrays is not None
+    out = []
+    for array in images.arrays[:count]:
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def start(name: str, bundle: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "VIGIL_BUNDLE": str(bundle), "PYTHONPATH": str(ROOT)}
+    if name.startswith("vigil"):
+        cmd = [sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundle), "--port", str(port)]
+        if name == "vigil-nobatch":
+            env["VIGIL_BATCHING"] = "false"
+    else:
+        app = {"bare-fastapi": "benchmarks.bare_app:app", "torch-eager": "benchmarks.torch_app:app"}[name]
+        cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), *UVICORN]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    probe = "/readyz" if name.startswith("vigil") else "/openapi.json"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe}", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{name} did not become ready: {proc.stderr.read().decode() if proc.stderr else ''}")
+
+
+def hey(port: int, body: Path, requests: int, concurrency: int) -> dict[str, float]:
+    cmd = ["hey", "-n", str(requests), "-c", str(concurrency), "-m", "POST", "-t", "30",
+           "-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body),
+           f"http://127.0.0.1:{port}/score"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = {m.group(1): float(m.group(2)) * 1000 for m in re.finditer(r"(\d+)%+ in ([\d.]+) secs", out)}
+    codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
+    errors = requests - int(codes.get("200", 0))
+    return {"req_s": rps, "p50_ms": lat.get("50", float("nan")), "p99_ms": lat.get("99", float("nan")), "errors": errors}
+
+
+def ort_alone(bundle: Path, seconds: float = 2.0) -> dict[str, float]:
+    manifest, model_path = load_bundle(bundle)
+    session = create_session(model_path, ["CPUExecutionProvider"])
+    spec = manifest.input
+    out = {}
+    for batch in (1, 32):
+        x = np.random.default_rng(0).random((batch, spec.channels, spec.height, spec.width), dtype=np.float32)
+        run(session, x)
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            run(session, x)
+            count += batch
+        out[f"batch_{batch}_img_s"] = count / (time.perf_counter() - started)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--quick", action="store_true", help="fewer requests per point")
+    parser.add_argument("--servers", nargs="*", default=["vigil", "vigil-nobatch", "bare-fastapi", "torch-eager"])
+    args = parser.parse_args()
+    if shutil.which("hey") is None:
+        raise SystemExit("needs `hey` (Debian: apt-get install hey)")
+    scale = 0.25 if args.quick else 1.0
+    pngs = test_pngs(32)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        single, many = Path(tmp) / "one.bin", Path(tmp) / "many.bin"
+        single.write_bytes(multipart(pngs[:1]))
+        many.write_bytes(multipart(pngs))
+        for name in args.servers:
+            port = free_port()
+            proc = start(name, args.bundle, port)
+            try:
+                hey(port, single, 200, 8)  # warm-up
+                for c in (1, 8, 32, 128):
+                    n = int(max(c * 20, (1000 if c == 1 else 4000) * scale))
+                    r = hey(port, single, n, c)
+                    rows.append({"server": name, "images/req": 1, "c": c, **r, "img_s": r["req_s"]})
+                    print(rows[-1], flush=True)
+                r = hey(port, many, int(400 * scale), 8)
+                rows.append({"server": name, "images/req": 32, "c": 8, **r, "img_s": r["req_s"] * 32})
+                print(rows[-1], flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    ort = ort_alone(args.bundle)
+
+    def at(server: str, images: int, c: int, key: str) -> float:
+        return next((r[key] for r in rows if (r["server"], r["images/req"], r["c"]) == (server, images, c)), float("nan"))
+
+    goals = {
+        "c32_vs_bare": at("vigil", 1, 32, "req_s") / at("bare-fastapi", 1, 32, "req_s"),
+        "c32_vs_torch": at("vigil", 1, 32, "req_s") / at("torch-eager", 1, 32, "req_s"),
+        "batch32_vs_ort": at("vigil", 32, 8, "img_s") / ort["batch_32_img_s"],
+        "p99_c1_ms": at("vigil", 1, 1, "p99_ms"),
+    }
+    print(table(rows, ["server", "images/req", "c", "req_s", "img_s", "p50_ms", "p99_ms", "errors"]))
+    print(f"\nONNX Runtime alone: {ort['batch_1_img_s']:.0f} img/s at batch 1, {ort['batch_32_img_s']:.0f} at batch 32")
+    print("goals: " + ", ".join(f"{k} = {v:.3g}" for k, v in goals.items()))
+    save("serve_speed", {"bundle": str(args.bundle), "rows": rows, "onnxruntime_alone": ort, "goals": goals})
+
+
+if __name__ == "__main__":
+    main()

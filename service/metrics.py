@@ -1,0 +1,265 @@
+"""Prometheus metrics of the service, in a dedicated registry (one per app, so tests can build many).
+
+Exported names (deploy/alerts.yml relies on them):
+
+- `vigil_requests_total{route,method,status}` counter. `route` is the route template
+  (`/score`), or `unmatched` for unknown paths; `method` is one of the standard HTTP
+  methods or `OTHER`; `status` the numeric code. All three are bounded.
+- `vigil_request_duration_seconds{route,method}` histogram.
+- `vigil_images_scored_total` counter: images that got a verdict.
+- `vigil_anomalies_total{score}` counter: images flagged, per verdict score (`flagged_by`).
+- `vigil_score{score}` histogram of raw scores. Buckets are per score, derived from the
+  loaded bundle's calibration distribution (normal images): its 1/5/10/25/50/75/90/95/99 %
+  quantiles and maximum, the threshold at the default target FPR, and points beyond the
+  maximum (max + 0.5, 1, 2, 5, 10, 20 x the 1-99 % spread) for anomalies. Scores can be
+  negative (`combined`), so log-spaced buckets would not fit. A reload with different
+  calibration data restarts that score's series with the new buckets. A score whose
+  buckets reach below zero exports no `_sum` (it would not be monotonic; prometheus_client
+  follows OpenMetrics there), but always `_count`.
+- `vigil_batch_size` histogram: images per ONNX Runtime call.
+- `vigil_queue_wait_seconds` histogram: per image, from queueing to its batch starting.
+- `vigil_inference_seconds` histogram: per ONNX Runtime call.
+- `vigil_model_info{name,version,kind,provider}` gauge = 1 for the loaded model (the old
+  label set is removed on reload); `provider` is the execution provider in use.
+- `vigil_reloads_total{outcome}` counter, outcome `success` or `failure`.
+- `vigil_ready` gauge: 1 while a warmed-up model serves, else 0.
+- `vigil_target_fpr` gauge: the default target false-positive rate in force.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+UNMATCHED = "unmatched"
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+WAIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+BEYOND_MAX = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+
+
+def score_buckets(calibration: Sequence[float], threshold: float | None = None) -> list[float]:
+    """Histogram bucket bounds for one score from its (normal-image) calibration scores."""
+    values = np.asarray(calibration, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return [0.0, 1.0]
+    top = float(values.max())
+    bounds = [float(q) for q in np.quantile(values, QUANTILES)] + [top]
+    spread = float(np.quantile(values, 0.99) - np.quantile(values, 0.01))
+    if spread <= 0:
+        spread = max(abs(top), 1.0) * 0.1
+    bounds += [top + k * spread for k in BEYOND_MAX]
+    if threshold is not None and math.isfinite(threshold):
+        bounds.append(threshold)
+    return sorted({float(f"{b:.4g}") for b in bounds})
+
+
+@dataclass
+class _Series:
+    bounds: list[float]
+    counts: list[int] = field(default_factory=list)  # per bucket (not cumulative), +Inf last
+    total: float = 0.0
+    negative: bool = False  # a negative score was seen: _sum is not exported
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+
+class ScoreHistogram(Collector):
+    """`vigil_score{score}`: a histogram whose buckets differ per score (and per bundle)."""
+
+    name = "vigil_score"
+    documentation = "Raw anomaly scores of scored images, per score (buckets from calibration)."
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._series: dict[str, _Series] = {}
+
+    def configure(self, buckets: dict[str, list[float]]) -> None:
+        """Set the scores and their buckets; a score whose buckets are unchanged keeps counting."""
+        with self._lock:
+            self._series = {
+                name: old
+                if (old := self._series.get(name)) is not None and old.bounds == bounds
+                else _Series(bounds)
+                for name, bounds in buckets.items()
+            }
+
+    def observe(self, score: str, value: float) -> None:
+        with self._lock:
+            series = self._series.get(score)
+            if series is None or not math.isfinite(value):
+                return
+            series.counts[bisect.bisect_left(series.bounds, value)] += 1
+            series.total += value
+            if value < 0:
+                series.negative = True
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["score"])
+        with self._lock:
+            for name, series in self._series.items():
+                cumulative, buckets = 0, []
+                for bound, count in zip([*series.bounds, math.inf], series.counts, strict=True):
+                    cumulative += count
+                    buckets.append((_le(bound), float(cumulative)))
+                if series.bounds[0] < 0 or series.negative:
+                    # No _sum: with negative observations it is not monotonic (OpenMetrics
+                    # forbids it; prometheus_client then drops _count too). _count is.
+                    family.add_metric([name], buckets, None)
+                    family.samples.append(Sample(f"{self.name}_count", {"score": name}, cumulative))
+                else:
+                    family.add_metric([name], buckets, series.total)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=["score"])
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else repr(bound)
+
+
+class Metrics:
+    """The metric objects of one app, and the small helpers the request path calls."""
+
+    def __init__(self, max_batch: int = 32) -> None:
+        disable_created_metrics()  # no *_created series: they double the series count
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "vigil_requests",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "vigil_request_duration_seconds",
+            "HTTP request duration, by route template and method.",
+            ["route", "method"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.images_scored = Counter(
+            "vigil_images_scored", "Images scored (each got a verdict).", registry=r
+        )
+        self.anomalies = Counter(
+            "vigil_anomalies",
+            "Images flagged as anomalous, per verdict score that flagged them.",
+            ["score"],
+            registry=r,
+        )
+        self.scores = ScoreHistogram()
+        r.register(self.scores)
+        sizes = [1.0]
+        while sizes[-1] < max_batch:
+            sizes.append(sizes[-1] * 2)
+        self.batch_size = Histogram(
+            "vigil_batch_size", "Images per ONNX Runtime call.", buckets=sizes, registry=r
+        )
+        self.queue_wait = Histogram(
+            "vigil_queue_wait_seconds",
+            "Per image: time from queueing to its batch starting.",
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "vigil_inference_seconds",
+            "Duration of one ONNX Runtime call (one batch).",
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "vigil_model_info",
+            "The loaded model (value 1) and the execution provider it runs on.",
+            ["name", "version", "kind", "provider"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "vigil_reloads",
+            "Model reloads (POST /admin/reload, SIGHUP) by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("success", "failure"):
+            self.reloads.labels(outcome)
+        self.ready = Gauge("vigil_ready", "1 while a warmed-up model serves, else 0.", registry=r)
+        self.target_fpr = Gauge(
+            "vigil_target_fpr", "Default target false-positive rate in force.", registry=r
+        )
+        self._model_labels: tuple[str, str, str, str] | None = None
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    # -- request path -------------------------------------------------------------------
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            label = method if method in METHODS else "OTHER"
+            children = (
+                self.requests.labels(route, label, str(status)),
+                self.request_duration.labels(route, label),
+            )
+            if len(self._request_children) < 10_000:  # bounded anyway; just a cache
+                self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_verdicts(
+        self, scores: Sequence[dict[str, float]], flagged: Sequence[list[str]]
+    ) -> None:
+        self.images_scored.inc(len(scores))
+        for values in scores:
+            for name, value in values.items():
+                self.scores.observe(name, value)
+        for names in flagged:
+            for name in names:
+                self.anomalies.labels(name).inc()
+
+    def observe_batch(self, size: int, waits: Iterable[float], seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.inference.observe(seconds)
+        for wait in waits:
+            self.queue_wait.observe(wait)
+
+    # -- model state ----------------------------------------------------------------------
+
+    def model_loaded(
+        self,
+        labels: tuple[str, str, str, str],
+        target_fpr: float,
+        verdict_scores: Sequence[str],
+        buckets: dict[str, list[float]],
+    ) -> None:
+        """A model became the one that serves: swap the info labels, buckets and gauges."""
+        if self._model_labels is not None and self._model_labels != labels:
+            self.model_info.remove(*self._model_labels)
+        self.model_info.labels(*labels).set(1)
+        self._model_labels = labels
+        self.target_fpr.set(target_fpr)
+        for name in verdict_scores:
+            self.anomalies.labels(name)  # export 0 before the first anomaly
+        self.scores.configure(buckets)
+        self.ready.set(1)
+
+    def reload_finished(self, ok: bool) -> None:
+        self.reloads.labels("success" if ok else "failure").inc()

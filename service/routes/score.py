@@ -1,0 +1,259 @@
+"""POST /score: decode, preprocess, batch, judge, answer.
+
+A bad file in a multi-file request fails the whole request with the 4xx of that file's
+error, naming it in `error.filename` (the first bad file in upload order); no file of
+that request is scored. Every file is decoded before any is scored, so a bad request
+never reaches the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import math
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from PIL import Image
+from starlette.responses import Response
+
+from service.batching import BatcherClosed, Row
+from service.bundle import ERROR_MAP_OUTPUT, InputSpec
+from service.calibration import CalibrationError
+from service.errors import IMAGE_ERROR_STATUS, ApiError
+from service.metrics import Metrics
+from service.model import LoadedModel, ModelHolder
+from service.preprocess import ImageError, decode_image, image_to_array
+from service.routes.uploads import FIELD, Upload, read_uploads
+from service.schemas import KNOWN_SCORES, ErrorResponse, ScoreResponse
+from service.scoring import Verdict
+from service.settings import Settings
+
+# Bodies above this many bytes are decoded in a worker thread, not on the event loop.
+INLINE_DECODE_BYTES = 256 * 1024
+
+DESCRIPTION = f"""Score one or more images.
+
+Send a multipart/form-data body with the images in the field `{FIELD}` (repeat it for
+several files), or one raw image as the body with `Content-Type: image/png`, `image/jpeg`, ...
+Any format Pillow reads is accepted; each image is converted to the bundle's colour mode
+and resized to its input size by the bundle's policy.
+
+One result per file, in upload order. `score` is the bundle's primary score; `is_anomaly`
+is true when any verdict score exceeds its threshold (`flagged_by` names them).
+
+**A bad file in a multi-file request fails the whole request** with that file's error
+(415 not_an_image, 422 corrupt_image / empty_file, 413 too_many_pixels), naming it in
+`error.filename`; no file of the request is scored. Resend the good files alone.
+"""
+
+REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    FIELD: {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "one or more image files",
+                    }
+                },
+                "required": [FIELD],
+            }
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+# The query parameters are parsed by hand (`_query`): FastAPI's per-parameter validation
+# costs more than the rest of the request's Python work; they are documented here instead.
+PARAMETERS = [
+    {
+        "name": "target_fpr",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "description": "target false-positive rate for this request; the thresholds are "
+        "re-derived from the bundle's calibration distribution (GET /model gives the supported "
+        "range as target_fpr_range; outside it: 422 invalid_target_fpr). Default: "
+        "VIGIL_TARGET_FPR, else the bundle's calibrated target.",
+    },
+    {
+        "name": "heatmap",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "boolean", "default": False},
+        "description": "add each image's per-pixel error map as a base64 PNG",
+    },
+]
+TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
+FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
+
+
+def router(settings: Settings, holder: ModelHolder, metrics: Metrics) -> APIRouter:
+    api = APIRouter()
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorResponse, "description": text}
+        for status, text in {
+            400: "malformed multipart body",
+            413: "body, file count or image pixels over the limit",
+            415: "not an image, or an unsupported Content-Type",
+            422: "no files, undecodable image, or target_fpr out of range",
+            503: "no model loaded yet",
+        }.items()
+    }
+
+    @api.post(
+        "/score",
+        response_model=ScoreResponse,
+        responses=errors,
+        summary="Score images for anomalies",
+        description=DESCRIPTION,
+        openapi_extra={"requestBody": REQUEST_BODY, "parameters": PARAMETERS},
+    )
+    async def score(request: Request) -> Response:
+        target_fpr, heatmap = _query(request)
+        _thresholds(holder.require(), target_fpr)  # 503 / 422 before reading the body
+        uploads = await read_uploads(request, settings.max_files)
+        model = holder.acquire()
+        try:
+            fpr = _thresholds(model, target_fpr)
+            spec = model.manifest.input
+            if sum(len(u.data) for u in uploads) > INLINE_DECODE_BYTES:
+                arrays = await asyncio.to_thread(_prepare, uploads, spec, settings.max_image_pixels)
+            else:
+                arrays = _prepare(uploads, spec, settings.max_image_pixels)
+            try:
+                rows = await model.batcher.score(arrays, heatmap)
+            except BatcherClosed as exc:
+                raise ApiError(503, "not_ready", "the model is being unloaded; retry") from exc
+            verdicts = model.judge.judge(_gather(rows, model.score_names), fpr)
+            metrics.observe_verdicts([v.scores for v in verdicts], [v.flagged_by for v in verdicts])
+            maps = [outputs[ERROR_MAP_OUTPUT][i] for outputs, i in rows] if heatmap else None
+            body = _render(model, fpr, uploads, verdicts, maps)
+        finally:
+            holder.release(model)
+        return Response(body, media_type="application/json")
+
+    return api
+
+
+def _query(request: Request) -> tuple[float | None, bool]:
+    """`target_fpr` and `heatmap` from the query string (422 in the one shape when invalid)."""
+    params = request.query_params
+    if not params:
+        return None, False
+    target_fpr = None
+    raw = params.get("target_fpr")
+    if raw is not None:
+        try:
+            target_fpr = float(raw)
+        except ValueError:
+            target_fpr = math.nan
+        if not 0.0 < target_fpr < 1.0:  # NaN fails too
+            raise ApiError(
+                422, "invalid_target_fpr", f"target_fpr must be a number in (0, 1), not {raw!r}"
+            )
+    flag = params.get("heatmap", "false").lower()
+    if flag not in TRUE and flag not in FALSE:
+        raise ApiError(422, "invalid_request", f"heatmap must be true or false, not {flag!r}")
+    return target_fpr, flag in TRUE
+
+
+def _thresholds(model: LoadedModel, target_fpr: float | None) -> float:
+    fpr = model.target_fpr if target_fpr is None else target_fpr
+    try:
+        model.judge.thresholds(fpr)
+    except CalibrationError as exc:
+        raise ApiError(422, "invalid_target_fpr", str(exc)) from exc
+    return fpr
+
+
+def _prepare(uploads: list[Upload], spec: InputSpec, max_pixels: int) -> list[np.ndarray]:
+    """Decode and preprocess every file, or raise the first file's error, naming it."""
+    arrays = []
+    for index, upload in enumerate(uploads):
+        name = upload.filename if upload.filename is not None else f"file #{index + 1}"
+        try:
+            image = decode_image(upload.data, max_pixels)
+            arrays.append(image_to_array(image, spec))
+        except ImageError as exc:
+            status = IMAGE_ERROR_STATUS.get(exc.code, 422)
+            raise ApiError(status, exc.code, f"{name}: {exc.message}", upload.filename) from exc
+        except (OSError, ValueError) as exc:  # modes Pillow cannot convert
+            raise ApiError(
+                422,
+                "unsupported_image",
+                f"{name}: cannot convert this image to {spec.color_mode}: {exc}",
+                upload.filename,
+            ) from exc
+    return arrays
+
+
+def _gather(rows: list[Row], names: list[str]) -> dict[str, np.ndarray]:
+    """Per-score arrays [N] for one request's rows (views when they sit in one batch)."""
+    first, start = rows[0]
+    if all(out is first and i == start + k for k, (out, i) in enumerate(rows)):
+        return {name: first[name][start : start + len(rows)] for name in names}
+    return {name: np.array([out[name][i] for out, i in rows]) for name in names}
+
+
+def _render(
+    model: LoadedModel,
+    fpr: float,
+    uploads: list[Upload],
+    verdicts: list[Verdict],
+    maps: list[np.ndarray] | None,
+) -> bytes:
+    absent = {name: None for name in KNOWN_SCORES if name not in model.judge.calibration}
+    thresholds: dict[str, float | None] = {**verdicts[0].thresholds, **absent} if verdicts else {}
+    results = []
+    for index, (upload, verdict) in enumerate(zip(uploads, verdicts, strict=True)):
+        result: dict[str, Any] = {
+            "filename": upload.filename,
+            "score": verdict.score,
+            "is_anomaly": verdict.is_anomaly,
+            "scores": {**verdict.scores, **absent},
+            "thresholds": thresholds,
+            "p_values": {**verdict.p_values, **absent},
+            "flagged_by": verdict.flagged_by,
+        }
+        if maps is not None:
+            result["heatmap"], result["heatmap_max"] = _heatmap(maps[index])
+        results.append(result)
+    response = {
+        "model": model.ref,
+        "target_fpr": fpr,
+        "results": results,
+    }
+    try:
+        return json.dumps(response, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:  # a NaN or infinite score: JSON has no such numbers, send null
+        return json.dumps(_finite(response), separators=(",", ":")).encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _heatmap(error_map: np.ndarray) -> tuple[str, float]:
+    """An error map [1, H, W] as a base64 8-bit PNG scaled to its maximum, and that maximum."""
+    values = np.nan_to_num(np.asarray(error_map, dtype=np.float32).reshape(error_map.shape[-2:]))
+    top = float(values.max())
+    scaled = values / top if top > 0 else np.zeros_like(values)
+    pixels = np.round(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii"), top

@@ -1,0 +1,175 @@
+"""Reading a /score request body: multipart files in the field `files`, or one raw image.
+
+The multipart body is parsed while it streams in, straight into memory (the body size is
+capped by the request guard, so nothing is spooled to disk), and the file count is
+enforced as each part's headers arrive, before its data is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+
+from service.errors import ApiError
+
+try:
+    import python_multipart as multipart
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import parse_options_header
+except ModuleNotFoundError:  # python-multipart < 0.0.13 names its module `multipart`
+    import multipart  # type: ignore[no-redef]
+    from multipart.exceptions import FormParserError  # type: ignore[no-redef]
+    from multipart.multipart import parse_options_header  # type: ignore[no-redef]
+
+FIELD = "files"
+RAW_TYPES = (b"image/", b"application/octet-stream")
+MAX_OTHER_FIELDS = 32
+
+
+@dataclass(slots=True)
+class Upload:
+    filename: str | None
+    data: bytes
+
+
+async def read_uploads(request: Request, max_files: int) -> list[Upload]:
+    """The uploaded files, in order; `ApiError` for a body that does not carry any."""
+    mime, params = parse_options_header(request.headers.get("content-type"))
+    if mime == b"multipart/form-data":
+        return await _read_form(request, params, max_files)
+    if mime.startswith(RAW_TYPES):
+        return [Upload(None, await read_body(request))]
+    if not mime and _no_body(request):
+        raise ApiError(422, "no_files", _HOW)
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"Content-Type {mime.decode('latin-1') or '(none)'} is not accepted; {_HOW}",
+    )
+
+
+_HOW = (
+    f"send multipart/form-data with one or more files in the field {FIELD!r}, "
+    "or one raw image with Content-Type image/*"
+)
+
+
+def _no_body(request: Request) -> bool:
+    headers = request.headers
+    return headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
+
+
+async def read_body(request: Request) -> bytes:
+    chunks: list[bytes] = []
+    try:
+        async for chunk in request.stream():
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise _disconnected() from exc
+    return b"".join(chunks)
+
+
+def _disconnected() -> ApiError:
+    return ApiError(400, "client_disconnected", "the client closed the connection mid-body")
+
+
+class _FormReader:
+    """python-multipart callbacks that keep the parts of the field `files` in memory."""
+
+    def __init__(self, max_files: int) -> None:
+        self.max_files = max_files
+        self.files: list[Upload] = []
+        self.other_fields: list[str] = []
+        self.ended = False
+        self._header_name = b""
+        self._header_value = b""
+        self._disposition = b""
+        self._filename: str | None = None
+        self._chunks: list[bytes] | None = None
+
+    def callbacks(self) -> Any:  # python_multipart.multipart.MultipartCallbacks
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_end": self.on_end,
+        }
+
+    def on_part_begin(self) -> None:
+        self._disposition = b""
+        self._filename = None
+        self._chunks = None
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if self._header_name.lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_name = self._header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        name = options.get(b"name")
+        if name is None:
+            raise ApiError(
+                400, "invalid_multipart", "a multipart part has no Content-Disposition name"
+            )
+        if name.decode("utf-8", "replace") != FIELD:
+            if len(self.other_fields) < MAX_OTHER_FIELDS:
+                self.other_fields.append(name.decode("utf-8", "replace"))
+            return  # not a file for us: its data is skipped
+        if len(self.files) >= self.max_files:
+            raise ApiError(
+                413,
+                "too_many_files",
+                f"more than {self.max_files} files in one request; send at most {self.max_files}",
+            )
+        filename = options.get(b"filename")
+        self._filename = None if filename is None else filename.decode("utf-8", "replace")
+        self._chunks = []
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._chunks is not None:
+            self._chunks.append(data[start:end])
+
+    def on_part_end(self) -> None:
+        if self._chunks is not None:
+            self.files.append(Upload(self._filename, b"".join(self._chunks)))
+            self._chunks = None
+
+    def on_end(self) -> None:
+        self.ended = True
+
+
+async def _read_form(request: Request, params: dict[bytes, bytes], max_files: int) -> list[Upload]:
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "invalid_multipart", "multipart/form-data without a boundary")
+    reader = _FormReader(max_files)
+    try:
+        parser = multipart.MultipartParser(boundary, reader.callbacks())
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except ClientDisconnect as exc:
+        raise _disconnected() from exc
+    except FormParserError as exc:
+        raise ApiError(400, "invalid_multipart", f"the multipart body is malformed: {exc}") from exc
+    if not reader.ended:
+        raise ApiError(
+            400, "invalid_multipart", "the multipart body ended before its closing boundary"
+        )
+    if not reader.files:
+        got = ", ".join(repr(name) for name in reader.other_fields) or "none"
+        raise ApiError(422, "no_files", f"no file in the form field {FIELD!r} (fields sent: {got})")
+    return reader.files

@@ -1,0 +1,201 @@
+"""Dynamic batching: batch formation, draining, batching off, and equality with unbatched scoring."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_service_support import (
+    encode,
+    files,
+    make_settings,
+    metric,
+    metric_samples,
+    noise,
+    serving,
+)
+
+from service.batching import Batcher, BatcherClosed, Outputs
+from service.bundle import load_bundle
+from service.preprocess import decode_image, image_to_array
+from service.runtime import create_session, run
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeModel:
+    """An `infer` that doubles the input and records batch sizes (optionally blocking)."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, batch: np.ndarray, with_map: bool) -> Outputs:
+        self.gate.wait(10)
+        self.sizes.append(len(batch))
+        out = {"score": batch.reshape(len(batch), -1).sum(1)}
+        if with_map:
+            out["error_map"] = batch * 2
+        return out
+
+
+def image(value: float) -> np.ndarray:
+    return np.full((1, 2, 2), value, np.float32)
+
+
+async def test_batches_fill_up_to_max_batch() -> None:
+    fake = FakeModel()
+    batcher = Batcher(fake, max_batch=8, max_wait_s=5.0)  # a long wait: only max_batch triggers
+    batcher.start()
+    rows = await asyncio.wait_for(
+        asyncio.gather(*(batcher.score([image(i)]) for i in range(16))), 5
+    )
+    assert fake.sizes == [8, 8]
+    for i, [(outputs, index)] in enumerate(rows):
+        assert outputs["score"][index] == 4 * i
+    await batcher.close()
+
+
+async def test_max_wait_sends_a_partial_batch() -> None:
+    fake = FakeModel()
+    batcher = Batcher(fake, max_batch=64, max_wait_s=0.01)
+    batcher.start()
+    rows = await asyncio.wait_for(batcher.score([image(1), image(2), image(3)]), 5)
+    assert fake.sizes == [3]
+    assert [int(out["score"][i]) for out, i in rows] == [4, 8, 12]
+    await batcher.close()
+
+
+async def test_batches_form_while_the_model_is_busy() -> None:
+    fake = FakeModel()
+    batcher = Batcher(fake, max_batch=32, max_wait_s=0.0)  # no waiting at all
+    batcher.start()
+    fake.gate.clear()
+    first = asyncio.ensure_future(batcher.score([image(0)]))
+    await asyncio.sleep(0.05)  # the first batch is now blocked in the inference thread
+    rest = [asyncio.ensure_future(batcher.score([image(i)])) for i in range(1, 11)]
+    await asyncio.sleep(0.01)
+    fake.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+    assert fake.sizes == [1, 10]
+    await batcher.close()
+
+
+async def test_close_finishes_queued_work_then_refuses() -> None:
+    fake = FakeModel()
+    batcher = Batcher(fake, max_batch=4, max_wait_s=10.0)
+    batcher.start()
+    pending = [asyncio.ensure_future(batcher.score([image(i)])) for i in range(6)]
+    await asyncio.sleep(0)
+    await asyncio.wait_for(batcher.close(), 5)
+    assert all(p.done() and not p.exception() for p in pending)
+    assert sum(fake.sizes) == 6
+    with pytest.raises(BatcherClosed):
+        await batcher.score([image(0)])
+
+
+async def test_heatmap_outputs_only_when_asked() -> None:
+    fake = FakeModel()
+    batcher = Batcher(fake, max_batch=4, max_wait_s=0.0)
+    batcher.start()
+    [(outputs, _)] = await batcher.score([image(1)])
+    assert "error_map" not in outputs
+    [(outputs, index)] = await batcher.score([image(1)], with_map=True)
+    assert outputs["error_map"][index].max() == 2
+    await batcher.close()
+
+
+async def test_inference_errors_reach_every_waiter() -> None:
+    def broken(batch: np.ndarray, with_map: bool) -> Outputs:
+        raise RuntimeError("graph failed")
+
+    batcher = Batcher(broken, max_batch=4, max_wait_s=0.001)
+    batcher.start()
+    results = await asyncio.gather(
+        *(batcher.score([image(i)]) for i in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, RuntimeError) for r in results)
+    fine = Batcher(FakeModel(), max_batch=4, max_wait_s=0.001)  # a broken batch ends no loop
+    fine.start()
+    assert len(await fine.score([image(1)])) == 1
+    await asyncio.gather(batcher.close(), fine.close())
+
+
+async def test_batching_off_runs_each_request_directly() -> None:
+    fake = FakeModel()
+    batcher = Batcher(fake, max_batch=4, enabled=False, max_request=10)
+    assert batcher.shapes == range(1, 5)
+    batcher.start()
+    rows = await batcher.score([image(i) for i in range(6)])
+    assert fake.sizes == [4, 2]  # one request, chunked at max_batch
+    assert [int(out["score"][i]) for out, i in rows] == [0, 4, 8, 12, 16, 20]
+    await batcher.close()
+
+
+def test_warm_up_runs_every_shape() -> None:
+    fake = FakeModel()
+    Batcher(fake, max_batch=5).warm_up(image(0.5))
+    assert fake.sizes == [1, 2, 3, 4, 5]
+
+
+async def test_concurrent_requests_batch_and_match_unbatched(vae_bundle: Path) -> None:
+    """64 concurrent single-image requests: batched results equal scoring each image alone."""
+    manifest, model_path = load_bundle(vae_bundle)
+    uploads = [encode(noise(seed=i)) for i in range(64)]
+    session = create_session(model_path, ["CPUExecutionProvider"], intra_op_threads=1)
+    alone = [
+        run(
+            session,
+            image_to_array(decode_image(data, 10**6), manifest.input)[None],
+            manifest.scores,
+        )
+        for data in uploads
+    ]
+    settings = make_settings(vae_bundle, max_batch=16, max_wait_ms=20.0)
+    async with serving(settings) as (_, client):
+        responses = await asyncio.gather(
+            *(
+                client.post("/score", files=files((f"{i}.png", data)))
+                for i, data in enumerate(uploads)
+            )
+        )
+        samples = metric_samples((await client.get("/metrics")).text)
+    assert all(r.status_code == 200 for r in responses)
+    for response, expected in zip(responses, alone, strict=True):
+        (result,) = response.json()["results"]
+        for name in manifest.scores:
+            # equal up to float32 rounding: ONNX Runtime vectorises Log over the batch axis
+            np.testing.assert_allclose(
+                result["scores"][name], expected[name][0], rtol=1e-6, atol=1e-6
+            )
+    batches = metric(samples, "vigil_batch_size_count")
+    assert metric(samples, "vigil_batch_size_sum") == 64
+    assert batches < 64
+    assert metric(samples, "vigil_batch_size_bucket", le="1.0") < batches  # batches of > 1 image
+    assert metric(samples, "vigil_queue_wait_seconds_count") == 64
+    assert metric(samples, "vigil_inference_seconds_count") == batches
+
+
+async def test_batching_off_gives_the_same_answers(vae_bundle: Path) -> None:
+    uploads = [(f"{i}.png", encode(noise(seed=i))) for i in range(5)]
+    answers = []
+    for batching in (True, False):
+        async with serving(make_settings(vae_bundle, batching=batching, max_batch=4)) as (
+            _,
+            client,
+        ):
+            response = await client.post("/score", files=files(*uploads))
+            assert response.status_code == 200
+            answers.append([r["scores"] for r in response.json()["results"]])
+    for batched, direct in zip(*answers, strict=True):
+        for name, value in batched.items():
+            assert value == pytest.approx(direct[name], rel=1e-6, abs=1e-6)

@@ -1,0 +1,192 @@
+"""Hot reload: atomic swap under load, failed loads keep the old model, admin auth."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from test_service_support import (
+    blob,
+    copy_bundle,
+    encode,
+    files,
+    make_settings,
+    metric,
+    metric_samples,
+    service_of,
+    serving,
+)
+
+from service.bundle import MANIFEST_FILE, read_manifest
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+GOOD = encode(blob())
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, vae_bundle: Path, rgb_bundle: Path) -> Path:
+    """A models dir: a (grayscale VAE), b (RGB VAE), and broken bundles; plus one outside it."""
+    root = tmp_path_factory.mktemp("models")
+    copy_bundle(vae_bundle, root / "a")
+    copy_bundle(rgb_bundle, root / "b")
+    corrupt = copy_bundle(vae_bundle, root / "corrupt")
+    (corrupt / MANIFEST_FILE).write_text('{"schema_version": 1, "name": ')
+    wrong_version = copy_bundle(vae_bundle, root / "future")
+    data = json.loads((wrong_version / MANIFEST_FILE).read_text())
+    data["schema_version"] = 99
+    (wrong_version / MANIFEST_FILE).write_text(json.dumps(data))
+    tampered = copy_bundle(vae_bundle, root / "tampered")
+    with (tampered / "model.onnx").open("ab") as f:
+        f.write(b"\0")
+    outside = copy_bundle(vae_bundle, tmp_path_factory.mktemp("elsewhere") / "c")
+    (root / "escape").symlink_to(outside)
+    return root
+
+
+def settings_for(models: Path, **overrides: object) -> object:
+    values: dict[str, object] = {"admin_token": TOKEN, "models_dir": models, "max_batch": 8}
+    values.update(overrides)
+    return make_settings(models / "a", **values)
+
+
+async def ready_model(client: httpx.AsyncClient) -> str:
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    return str(response.json()["model"]["name"])
+
+
+async def test_reload_under_load_fails_no_request(models: Path) -> None:
+    """240 clients keep requests in flight while the model is swapped for another one
+    (with a different input spec): every request succeeds, on the old or the new model."""
+    async with serving(settings_for(models)) as (app, client):  # type: ignore[arg-type]
+        holder = service_of(app).holder
+        old = holder.current
+        assert old is not None and await ready_model(client) == "vae"
+        seen: Counter[str] = Counter()
+        statuses: Counter[int] = Counter()
+        reloaded = asyncio.Event()
+        in_flight_at_swap: list[int] = []
+        swapped = holder.metrics.model_loaded
+
+        def spy(*args: object, **kwargs: object) -> None:
+            in_flight_at_swap.append(old.leases)  # requests holding the old model right now
+            swapped(*args, **kwargs)  # type: ignore[arg-type]
+
+        holder.metrics.model_loaded = spy  # type: ignore[method-assign]
+
+        async def client_loop() -> None:
+            after = 0
+            while after < 2:  # keep going until the reload is done, then two more
+                response = await client.post("/score", files=files(("x.png", GOOD)))
+                statuses[response.status_code] += 1
+                if response.status_code == 200:
+                    seen[response.json()["model"]["name"]] += 1
+                after += reloaded.is_set()
+
+        async def reload() -> httpx.Response:
+            while sum(statuses.values()) < 100:  # the load is running
+                await asyncio.sleep(0.005)
+            response = await client.post("/admin/reload", json={"bundle": "b"}, headers=AUTH)
+            reloaded.set()
+            return response
+
+        clients = [asyncio.ensure_future(client_loop()) for _ in range(240)]
+        response = await asyncio.wait_for(reload(), 60)
+        await asyncio.wait_for(asyncio.gather(*clients), 60)
+        assert response.status_code == 200, response.text
+        assert response.json()["model"]["name"] == "rgb-vae"
+        total = sum(statuses.values())
+        assert statuses == {200: total} and total >= 580
+        assert in_flight_at_swap and in_flight_at_swap[0] > 0
+        assert seen["vae"] > 0 and seen["rgb-vae"] >= 240
+        assert await ready_model(client) == "rgb-vae"
+        # the old model finished its in-flight work and was closed
+        assert old.retired and old.leases == 0
+        samples = metric_samples((await client.get("/metrics")).text)
+        assert metric(samples, "vigil_reloads_total", outcome="success") == 1
+        assert metric(samples, "vigil_reloads_total", outcome="failure") == 0
+
+
+FAILED_RELOADS = {
+    "corrupt manifest": ({"bundle": "corrupt"}, 422, "invalid_bundle", "not readable JSON"),
+    "schema version": ({"bundle": "future"}, 422, "invalid_bundle", "schema_version 99"),
+    "checksum mismatch": ({"bundle": "tampered"}, 422, "invalid_bundle", "sha256"),
+    "absolute path outside": ({"bundle": "/etc"}, 403, "bundle_path_forbidden", "outside"),
+    "relative path outside": ({"bundle": "../elsewhere"}, 403, "bundle_path_forbidden", "outside"),
+    "symlink outside": ({"bundle": "escape"}, 403, "bundle_path_forbidden", "outside"),
+    "missing": ({"bundle": "nope"}, 404, "bundle_not_found", "nope"),
+    "bad body": ({"bundel": "a"}, 422, "invalid_request", "bundle"),
+    "bad path type": ({"bundle": 3}, 422, "invalid_request", "bundle"),
+}
+
+
+async def test_failed_reloads_keep_the_old_model(models: Path) -> None:
+    async with serving(settings_for(models)) as (app, client):  # type: ignore[arg-type]
+        model = service_of(app).holder.current
+        load_failures = 0
+        for case, (body, status, code, text) in FAILED_RELOADS.items():
+            response = await client.post("/admin/reload", json=body, headers=AUTH)
+            assert response.status_code == status, (case, response.text)
+            error = response.json()["error"]
+            assert error["code"] == code and text in error["message"], (case, error)
+            load_failures += code == "invalid_bundle"
+            assert service_of(app).holder.current is model, case
+            assert (await client.post("/score", files=files(("x.png", GOOD)))).status_code == 200
+        response = await client.post("/admin/reload", content=b"{not json", headers=AUTH)
+        assert response.json()["error"]["code"] == "invalid_request"
+        samples = metric_samples((await client.get("/metrics")).text)
+        assert metric(samples, "vigil_reloads_total", outcome="failure") == load_failures == 3
+        assert metric(samples, "vigil_reloads_total", outcome="success") == 0
+        assert metric(samples, "vigil_ready") == 1
+
+
+async def test_reload_without_body_reloads_the_current_path(models: Path) -> None:
+    async with serving(settings_for(models, max_batch=2)) as (app, client):  # type: ignore[arg-type]
+        first = service_of(app).holder.current
+        response = await client.post("/admin/reload", headers=AUTH)
+        assert response.status_code == 200, response.text
+        assert response.json()["bundle"] == str(models / "a")
+        assert service_of(app).holder.current is not first
+        absolute = await client.post(
+            "/admin/reload", json={"bundle": str(models / "b")}, headers=AUTH
+        )
+        assert absolute.status_code == 200
+        assert read_manifest(models / "b").name == await ready_model(client)
+
+
+@pytest.mark.parametrize("token", [None, "", "   "])
+async def test_admin_disabled_without_token(models: Path, token: str | None) -> None:
+    async with serving(settings_for(models, admin_token=token, max_batch=1)) as (_, client):  # type: ignore[arg-type]
+        for headers in ({}, AUTH, {"Authorization": "Bearer "}):
+            response = await client.post("/admin/reload", headers=headers)
+            assert response.status_code == 403
+            assert response.json()["error"]["code"] == "admin_disabled"
+
+
+async def test_admin_needs_the_right_token(models: Path) -> None:
+    async with serving(settings_for(models, max_batch=1)) as (app, client):  # type: ignore[arg-type]
+        model = service_of(app).holder.current
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Bearer {TOKEN}x"},
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": TOKEN},
+        ):
+            response = await client.post("/admin/reload", json={"bundle": "b"}, headers=headers)
+            assert response.status_code == 401, headers
+            assert response.json()["error"]["code"] == "unauthorized"
+            assert response.headers["www-authenticate"].startswith("Bearer")
+        assert service_of(app).holder.current is model
