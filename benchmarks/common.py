@@ -43,7 +43,11 @@ def _gpu() -> str | None:
 def save(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    payload = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), **data}
+    payload = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **data,
+    }
     path.write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {path}")
     return path

@@ -32,7 +32,9 @@ from training.pipeline import TrainConfig, normal_images, run
 
 
 def vigil(k: int, root: Path) -> dict[str, Any]:
-    cfg = TrainConfig(data="fashion-mnist", out=root / f"class-{k}", normal_class=k, report=False, progress=False)
+    cfg = TrainConfig(
+        data="fashion-mnist", out=root / f"class-{k}", normal_class=k, report=False, progress=False
+    )
     started = time.perf_counter()
     run(cfg)
     normals, anomalies = one_class_split("fashion-mnist", k, None)
@@ -69,8 +71,15 @@ def baselines(k: int, skip_pyod: bool) -> dict[str, dict[str, float]]:
     for name, detector in detectors.items():
         started = time.perf_counter()
         detector.fit(train)
-        scores = -detector.score_samples(x_test) if name == "isolation_forest" else detector.decision_function(x_test)
-        out[name] = {"auroc": float(roc_auc_score(y_test, scores)), "seconds": time.perf_counter() - started}
+        scores = (
+            -detector.score_samples(x_test)
+            if name == "isolation_forest"
+            else detector.decision_function(x_test)
+        )
+        out[name] = {
+            "auroc": float(roc_auc_score(y_test, scores)),
+            "seconds": time.perf_counter() - started,
+        }
     return out
 
 
@@ -85,16 +94,23 @@ def main() -> None:
             v = vigil(k, Path(tmp))
             b = baselines(k, args.skip_pyod)
             row = {"class": k, "vigil_primary": v["auroc"][v["primary"]]}
-            row |= {f"vigil_{name}": value for name, value in v["auroc"].items() if name != v["primary"]}
+            row |= {
+                f"vigil_{name}": value for name, value in v["auroc"].items() if name != v["primary"]
+            }
             row |= {name: r["auroc"] for name, r in b.items()}
             row |= {"vigil_fpr": v["verdict_fpr"], "vigil_seconds": v["seconds"]}
             row |= {f"{name}_seconds": r["seconds"] for name, r in b.items()}
             rows.append(row)
             print(row, flush=True)
     columns = [c for c in rows[0] if not c.endswith("_seconds") or c == "vigil_seconds"]
-    mean = {"class": "mean", **{c: float(np.mean([r[c] for r in rows])) for c in rows[0] if c != "class"}}
+    mean = {
+        "class": "mean",
+        **{c: float(np.mean([r[c] for r in rows])) for c in rows[0] if c != "class"},
+    }
     print(table([*rows, mean], columns))
-    save("quality", {"primary_score": "combined", "target_fpr": 0.01, "classes": rows, "mean": mean})
+    save(
+        "quality", {"primary_score": "combined", "target_fpr": 0.01, "classes": rows, "mean": mean}
+    )
 
 
 if __name__ == "__main__":

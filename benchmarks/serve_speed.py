@@ -41,7 +41,17 @@ from service.runtime import create_session, run
 from training.data import read_images
 
 BOUNDARY = "vigilbenchboundary"
-UVICORN = ["--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+UVICORN = [
+    "--workers",
+    "1",
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+    "--no-access-log",
+    "--log-level",
+    "warning",
+]
 
 
 def free_port() -> int:
@@ -73,13 +83,37 @@ def test_pngs(count: int) -> list[bytes]:
 def start(name: str, bundle: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "VIGIL_BUNDLE": str(bundle), "PYTHONPATH": str(ROOT)}
     if name.startswith("vigil"):
-        cmd = [sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundle), "--port", str(port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "training.cli",
+            "serve",
+            "--bundle",
+            str(bundle),
+            "--port",
+            str(port),
+        ]
         if name == "vigil-nobatch":
             env["VIGIL_BATCHING"] = "false"
     else:
-        app = {"bare-fastapi": "benchmarks.bare_app:app", "torch-eager": "benchmarks.torch_app:app"}[name]
-        cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), *UVICORN]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        app = {
+            "bare-fastapi": "benchmarks.bare_app:app",
+            "torch-eager": "benchmarks.torch_app:app",
+        }[name]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *UVICORN,
+        ]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     probe = "/readyz" if name.startswith("vigil") else "/openapi.json"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -90,7 +124,9 @@ def start(name: str, bundle: Path, port: int) -> subprocess.Popen[bytes]:
         except OSError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError(f"{name} did not become ready: {proc.stderr.read().decode() if proc.stderr else ''}")
+    raise RuntimeError(
+        f"{name} did not become ready: {proc.stderr.read().decode() if proc.stderr else ''}"
+    )
 
 
 def hey(port: int, body: Path, requests: int, concurrency: int) -> dict[str, float]:
@@ -99,10 +135,17 @@ def hey(port: int, body: Path, requests: int, concurrency: int) -> dict[str, flo
            f"http://127.0.0.1:{port}/score"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    lat = {m.group(1): float(m.group(2)) * 1000 for m in re.finditer(r"(\d+)%+ in ([\d.]+) secs", out)}
+    lat = {
+        m.group(1): float(m.group(2)) * 1000 for m in re.finditer(r"(\d+)%+ in ([\d.]+) secs", out)
+    }
     codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
     errors = requests - int(codes.get("200", 0))
-    return {"req_s": rps, "p50_ms": lat.get("50", float("nan")), "p99_ms": lat.get("99", float("nan")), "errors": errors}
+    return {
+        "req_s": rps,
+        "p50_ms": lat.get("50", float("nan")),
+        "p99_ms": lat.get("99", float("nan")),
+        "errors": errors,
+    }
 
 
 def ort_alone(bundle: Path, seconds: float = 2.0) -> dict[str, float]:
@@ -111,7 +154,9 @@ def ort_alone(bundle: Path, seconds: float = 2.0) -> dict[str, float]:
     spec = manifest.input
     out = {}
     for batch in (1, 32):
-        x = np.random.default_rng(0).random((batch, spec.channels, spec.height, spec.width), dtype=np.float32)
+        x = np.random.default_rng(0).random(
+            (batch, spec.channels, spec.height, spec.width), dtype=np.float32
+        )
         run(session, x)
         count, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
@@ -125,7 +170,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "default")
     parser.add_argument("--quick", action="store_true", help="fewer requests per point")
-    parser.add_argument("--servers", nargs="*", default=["vigil", "vigil-nobatch", "bare-fastapi", "torch-eager"])
+    parser.add_argument(
+        "--servers", nargs="*", default=["vigil", "vigil-nobatch", "bare-fastapi", "torch-eager"]
+    )
     args = parser.parse_args()
     if shutil.which("hey") is None:
         raise SystemExit("needs `hey` (Debian: apt-get install hey)")
@@ -147,7 +194,9 @@ def main() -> None:
                     rows.append({"server": name, "images/req": 1, "c": c, **r, "img_s": r["req_s"]})
                     print(rows[-1], flush=True)
                 r = hey(port, many, int(400 * scale), 8)
-                rows.append({"server": name, "images/req": 32, "c": 8, **r, "img_s": r["req_s"] * 32})
+                rows.append(
+                    {"server": name, "images/req": 32, "c": 8, **r, "img_s": r["req_s"] * 32}
+                )
                 print(rows[-1], flush=True)
             finally:
                 proc.terminate()
@@ -155,7 +204,10 @@ def main() -> None:
     ort = ort_alone(args.bundle)
 
     def at(server: str, images: int, c: int, key: str) -> float:
-        return next((r[key] for r in rows if (r["server"], r["images/req"], r["c"]) == (server, images, c)), float("nan"))
+        return next(
+            (r[key] for r in rows if (r["server"], r["images/req"], r["c"]) == (server, images, c)),
+            float("nan"),
+        )
 
     goals = {
         "c32_vs_bare": at("vigil", 1, 32, "req_s") / at("bare-fastapi", 1, 32, "req_s"),
@@ -163,10 +215,17 @@ def main() -> None:
         "batch32_vs_ort": at("vigil", 32, 8, "img_s") / ort["batch_32_img_s"],
         "p99_c1_ms": at("vigil", 1, 1, "p99_ms"),
     }
-    print(table(rows, ["server", "images/req", "c", "req_s", "img_s", "p50_ms", "p99_ms", "errors"]))
-    print(f"\nONNX Runtime alone: {ort['batch_1_img_s']:.0f} img/s at batch 1, {ort['batch_32_img_s']:.0f} at batch 32")
+    print(
+        table(rows, ["server", "images/req", "c", "req_s", "img_s", "p50_ms", "p99_ms", "errors"])
+    )
+    print(
+        f"\nONNX Runtime alone: {ort['batch_1_img_s']:.0f} img/s at batch 1, {ort['batch_32_img_s']:.0f} at batch 32"
+    )
     print("goals: " + ", ".join(f"{k} = {v:.3g}" for k, v in goals.items()))
-    save("serve_speed", {"bundle": str(args.bundle), "rows": rows, "onnxruntime_alone": ort, "goals": goals})
+    save(
+        "serve_speed",
+        {"bundle": str(args.bundle), "rows": rows, "onnxruntime_alone": ort, "goals": goals},
+    )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,13 @@ def epoch_speed(kind: str, normal_class: int, epochs: int) -> dict[str, float | 
     x = torch.from_numpy(to_inputs(images, spec))
     splits = split_indices(len(x), 0, defaults.val_fraction, defaults.cal_fraction)
     cfg = ModelConfig(kind=kind, latent_dim=defaults.latent_dim, base_width=defaults.base_width)  # type: ignore[arg-type]
-    fit_cfg = FitConfig(epochs=epochs, patience=epochs, batch_size=defaults.batch_size, progress=False)
+    fit_cfg = FitConfig(
+        epochs=epochs, patience=epochs, batch_size=defaults.batch_size, progress=False
+    )
     history = fit(AutoEncoder(cfg), x[splits.train], x[splits.val], fit_cfg)
-    rates = [e["images_per_second"] for e in history.epochs[1:]] or [history.epochs[0]["images_per_second"]]
+    rates = [e["images_per_second"] for e in history.epochs[1:]] or [
+        history.epochs[0]["images_per_second"]
+    ]
     return {
         "model": kind,
         "train_images": len(splits.train),
@@ -49,7 +53,9 @@ def default_run(normal_class: int) -> dict[str, float | str]:
         cmd = [sys.executable, "-m", "training.cli", "train", "--data", "fashion-mnist",
                "--normal-class", str(normal_class), "--model", "vae", "--out", f"{tmp}/bundle"]  # fmt: skip
         started = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+        subprocess.run(
+            cmd, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1]
+        )
         seconds = time.perf_counter() - started
     return {"command": " ".join(cmd[1:]).replace(tmp, "DIR"), "seconds": seconds}
 
@@ -61,7 +67,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = [epoch_speed(kind, args.normal_class, args.epochs) for kind in ("ae", "vae")]
     default = default_run(args.normal_class)
-    print(table(rows, ["model", "train_images", "images_per_second", "seconds_per_epoch", "threads"]))
+    print(
+        table(rows, ["model", "train_images", "images_per_second", "seconds_per_epoch", "threads"])
+    )
     print(f"\n`vigil train` with defaults (VAE, class {args.normal_class}): {default['seconds']:.0f} s "
           "end to end (read, train, export, calibrate, evaluate, report)")  # fmt: skip
     save("train_speed", {"epochs": rows, "default_model": default})

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Scores a response always names; those a bundle lacks (kl for an AE) are null.
-KNOWN_SCORES = ("reconstruction", "ssim", "mahalanobis", "kl", "combined")
+# Scores a response always names; those the bundle lacks (kl for an AE) are null.
+KNOWN_SCORES = ("reconstruction", "blurred", "ssim", "mahalanobis", "knn", "kl", "combined")
 
 
 class ErrorDetail(BaseModel):

@@ -65,7 +65,7 @@ def test_train_evaluate_calibrate_end_to_end(
         "--latent-dim",
         "4",
         "--epochs",
-        "3",
+        "12",
         "--target-fpr",
         "0.05",
         "--out",

@@ -119,4 +119,6 @@ def test_score_graph_standardises_scores() -> None:
     # The combined score is a mean of standardised logs: about zero on the fitted data.
     assert abs(float(out["combined"].mean())) < 1e-4
     assert abs(float(out["mahalanobis"].mean()) - 1.0) < 0.05  # E[d^2] / dim = 1 on fit data
-    assert set(graph.score_names()) == {"reconstruction", "ssim", "mahalanobis", "kl", "combined"}
+    assert set(graph.score_names()) == {
+        "reconstruction", "blurred", "ssim", "mahalanobis", "knn", "kl", "combined"
+    }  # fmt: skip

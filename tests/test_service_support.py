@@ -77,6 +77,15 @@ def blob(size: int = 28, channels: int = 1, seed: int = 0) -> np.ndarray:
     return np.round(image * 255).astype(np.uint8)
 
 
+def tshirt(index: int = 0) -> np.ndarray:
+    """A real Fashion-MNIST test T-shirt (class 0, normal for the `vae_bundle`), uint8 28x28."""
+    from training.data import read_images
+
+    arrays = read_images("fashion-mnist", "test").of_class(0).arrays
+    assert arrays is not None
+    return np.ascontiguousarray(arrays[index])
+
+
 def noise(size: int = 28, channels: int = 1, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     shape = (size, size) if channels == 1 else (size, size, channels)

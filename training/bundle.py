@@ -36,7 +36,10 @@ DESCRIPTIONS = {
     "ssim": "1 - mean structural similarity (SSIM, 7x7 Gaussian window) of image and reconstruction",
     "mahalanobis": "squared Mahalanobis distance of the latent code under the training codes, / dim",
     "kl": "KL(q(z|x) || N(0, I)) summed over latent dimensions",
-    "combined": "mean of the log-scores above, each standardised on the validation split",
+    "blurred": "mean squared error after a 5x5 Gaussian blur (sigma 1) of the error image",
+    "knn": "mean distance of the latent code to its 5 nearest training codes (scaled per dim)",
+    "combined": "mean of the log-scores of blurred, ssim, mahalanobis and knn, each standardised "
+    "on the validation split",
 }
 
 

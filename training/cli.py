@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each default once: where the help text does not already explain it."""
 
@@ -143,7 +144,10 @@ def add_train(sub: Any) -> None:
         help="false-positive rate the thresholds are calibrated for",
     )
     p.add_argument(
-        "--max-images", type=int, default=None, help="use at most this many normal images (default: all)"
+        "--max-images",
+        type=int,
+        default=None,
+        help="use at most this many normal images (default: all)",
     )
     p.add_argument("--seed", type=int, default=d.seed, help="seed for splits, init and batches")
     p.add_argument("--name", default=None, help="model name in the manifest (default: out's name)")

@@ -39,9 +39,9 @@ class TrainConfig:
     image_size: tuple[int, int] | None = None
     color_mode: str | None = None
     latent_dim: int = 16
-    base_width: int = 32
+    base_width: int = 16
     beta: float | None = None
-    loss: str = "mse"
+    loss: str = "bce"
     denoise: float = 0.0
     epochs: int = 30
     batch_size: int = 64

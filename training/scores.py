@@ -2,12 +2,18 @@
 
 Scores (higher = more anomalous):
 - reconstruction: mean squared error between the image and its reconstruction;
+- blurred: mean squared error after a small Gaussian blur (5x5, sigma 1) of the error
+  image, so that pixel-level texture the decoder cannot reproduce counts less than
+  errors in shape;
 - ssim: 1 - mean structural similarity (SSIM), a structural rather than pixel error;
 - kl: KL(q(z|x) ‖ N(0, I)) summed over latent dimensions (VAE only);
 - mahalanobis: squared Mahalanobis distance of the latent code (μ) under a Gaussian
   fitted to the training images' codes, divided by the latent dimension;
-- combined: the mean of the log-scores above, each standardised by its mean and
-  standard deviation on the validation split. It is the primary score (see README).
+- knn: mean Euclidean distance of the latent code to its 5 nearest training codes, each
+  latent dimension scaled by its standard deviation over the training codes;
+- combined: the mean of the log-scores of blurred, ssim, mahalanobis and knn, each
+  standardised by its mean and standard deviation on the validation split. It is the
+  primary score (see README).
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ from training.models import AutoEncoder, kl_divergence
 SSIM_WINDOW = 7
 SSIM_SIGMA = 1.5
 LOG_EPS = 1e-6
+BLUR_WINDOW = 5
+BLUR_SIGMA = 1.0
+KNN_K = 5
+KNN_BANK = 4096  # at most this many training codes are kept for knn (4096 x latent_dim floats)
+COMBINED = ("blurred", "ssim", "mahalanobis", "knn")
 
 
 def gaussian_window(size: int, sigma: float, channels: int) -> Tensor:
@@ -47,12 +58,21 @@ def ssim_map(x: Tensor, y: Tensor, window: Tensor) -> Tensor:
     return num / den
 
 
+def blur(t: Tensor, window: Tensor) -> Tensor:
+    pad = window.shape[-1] // 2
+    return F.conv2d(F.pad(t, [pad] * 4, mode="reflect"), window, groups=t.shape[1])
+
+
 class ScoreGraph(nn.Module):
     """images [N, C, H, W] in [0, 1] -> every score [N], the error map and the reconstruction."""
 
     window: Tensor
     latent_mean: Tensor
     latent_precision: Tensor
+    blur_window: Tensor
+    knn_scale: Tensor
+    knn_bank: Tensor
+    knn_bank_sq: Tensor
     log_mean: Tensor
     log_std: Tensor
 
@@ -64,15 +84,20 @@ class ScoreGraph(nn.Module):
         size = min(SSIM_WINDOW, cfg.height, cfg.width)
         size -= 1 - size % 2  # odd window
         self.register_buffer("window", gaussian_window(size, SSIM_SIGMA, cfg.channels))
+        size = min(BLUR_WINDOW, cfg.height, cfg.width)
+        size -= 1 - size % 2
+        self.register_buffer("blur_window", gaussian_window(size, BLUR_SIGMA, cfg.channels))
         d = cfg.latent_dim
+        self.register_buffer("knn_scale", torch.ones(d))
+        self.register_buffer("knn_bank", torch.zeros(KNN_K, d))  # replaced by fit_latent_density
+        self.register_buffer("knn_bank_sq", torch.zeros(KNN_K))
         self.register_buffer("latent_mean", torch.zeros(d))
         self.register_buffer("latent_precision", torch.eye(d))
-        names = self.base_scores()
-        self.register_buffer("log_mean", torch.zeros(len(names)))
-        self.register_buffer("log_std", torch.ones(len(names)))
+        self.register_buffer("log_mean", torch.zeros(len(COMBINED)))
+        self.register_buffer("log_std", torch.ones(len(COMBINED)))
 
     def base_scores(self) -> list[str]:
-        names = ["reconstruction", "ssim", "mahalanobis"]
+        names = ["reconstruction", "blurred", "ssim", "mahalanobis", "knn"]
         return [*names, "kl"] if self.variational else names
 
     def score_names(self) -> list[str]:
@@ -86,15 +111,25 @@ class ScoreGraph(nn.Module):
         centred = mu - self.latent_mean
         scores = {
             "reconstruction": sq.flatten(1).mean(1),
+            "blurred": blur(x - x_hat, self.blur_window.to(x.dtype)).pow(2).flatten(1).mean(1),
             "ssim": 1.0 - ssim_map(x, x_hat, window).flatten(1).mean(1),
             "mahalanobis": (centred @ self.latent_precision * centred).sum(1) / mu.shape[1],
+            "knn": self.knn_distance(mu),
         }
         if logvar is not None:
             scores["kl"] = kl_divergence(mu, logvar)
         return scores, sq.mean(1, keepdim=True), x_hat, mu
 
+    def knn_distance(self, mu: Tensor) -> Tensor:
+        """Mean distance to the KNN_K nearest training codes (matmul + TopK: exportable)."""
+        q = mu / self.knn_scale
+        d2 = (q * q).sum(1, keepdim=True) - 2.0 * q @ self.knn_bank.T + self.knn_bank_sq
+        k = min(KNN_K, int(self.knn_bank.shape[0]))  # a Python int: a constant in the graph
+        nearest = torch.topk(d2, k, dim=1, largest=False).values
+        return nearest.clamp_min(0.0).sqrt().mean(1)
+
     def combine(self, scores: dict[str, Tensor]) -> Tensor:
-        logs = torch.stack([torch.log(scores[n] + LOG_EPS) for n in self.base_scores()], dim=1)
+        logs = torch.stack([torch.log(scores[n] + LOG_EPS) for n in COMBINED], dim=1)
         return ((logs - self.log_mean) / self.log_std).mean(1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -111,9 +146,18 @@ class ScoreGraph(nn.Module):
         cov = cov + shrink * torch.eye(cov.shape[0], dtype=cov.dtype)
         self.latent_mean.copy_(mean)
         self.latent_precision.copy_(torch.linalg.inv(cov).float())
+        # knn bank: the (scaled) training codes, a fixed random subset when there are many
+        scale = mu.std(0).clamp_min(1e-6) if len(mu) > 1 else torch.ones_like(mean)
+        if len(mu) > KNN_BANK:
+            keep = torch.randperm(len(mu), generator=torch.Generator().manual_seed(0))
+            mu = mu[keep[:KNN_BANK].to(mu.device)]
+        bank = (mu / scale).float()
+        self.knn_scale = scale.float()
+        self.knn_bank = bank
+        self.knn_bank_sq = (bank * bank).sum(1)
 
     @torch.no_grad()
     def fit_standardisation(self, scores: dict[str, Tensor]) -> None:
-        logs = torch.stack([torch.log(scores[n] + LOG_EPS) for n in self.base_scores()], dim=1)
+        logs = torch.stack([torch.log(scores[n] + LOG_EPS) for n in COMBINED], dim=1)
         self.log_mean.copy_(logs.mean(0))
         self.log_std.copy_(logs.std(0).clamp_min(1e-6))
