@@ -107,3 +107,8 @@ class ReloadResponse(BaseModel):
     model: ModelRef
     provider: str
     seconds: float
+
+
+def error_responses(texts: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route: each status with the one error shape and a text."""
+    return {status: {"model": ErrorResponse, "description": text} for status, text in texts.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -14,7 +14,7 @@ from starlette.responses import Response
 from service.errors import ApiError
 from service.model import ModelHolder
 from service.routes.uploads import read_body
-from service.schemas import ErrorResponse, ReloadRequest, ReloadResponse
+from service.schemas import ReloadRequest, ReloadResponse, error_responses
 from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="VIGIL_ADMIN_TOKEN")
@@ -49,16 +49,15 @@ def router(settings: Settings, holder: ModelHolder) -> APIRouter:
             )
 
     api = APIRouter(prefix="/admin", dependencies=[Depends(authorize)])
-    errors: dict[int | str, dict[str, Any]] = {
-        status: {"model": ErrorResponse, "description": text}
-        for status, text in {
+    errors = error_responses(
+        {
             401: "missing or wrong bearer token",
             403: "admin disabled (no token configured), or a path outside the models directory",
             404: "no such bundle directory",
             422: "invalid request body or invalid bundle",
             503: "the required execution provider is not available",
-        }.items()
-    }
+        }
+    )
 
     @api.post(
         "/reload",

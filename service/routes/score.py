@@ -28,7 +28,7 @@ from service.metrics import Metrics
 from service.model import LoadedModel, ModelHolder
 from service.preprocess import ImageError, decode_image, image_to_array
 from service.routes.uploads import FIELD, Upload, read_uploads
-from service.schemas import KNOWN_SCORES, ErrorResponse, ScoreResponse
+from service.schemas import KNOWN_SCORES, ScoreResponse, error_responses
 from service.scoring import Verdict
 from service.settings import Settings
 
@@ -98,16 +98,15 @@ FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
 
 def router(settings: Settings, holder: ModelHolder, metrics: Metrics) -> APIRouter:
     api = APIRouter()
-    errors: dict[int | str, dict[str, Any]] = {
-        status: {"model": ErrorResponse, "description": text}
-        for status, text in {
+    errors = error_responses(
+        {
             400: "malformed multipart body",
             413: "body, file count or image pixels over the limit",
             415: "not an image, or an unsupported Content-Type",
             422: "no files, undecodable image, or target_fpr out of range",
             503: "no model loaded yet",
-        }.items()
-    }
+        }
+    )
 
     @api.post(
         "/score",
