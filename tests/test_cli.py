@@ -155,3 +155,22 @@ def test_too_few_calibration_images_for_the_target_fails_before_training(
     assert main(["train", "--data", str(tmp_path / "few.npy"), "--out", str(tmp_path / "b")]) == 2
     assert "smallest that 10 calibration" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_evaluate_all_classes_prints_the_table_with_the_mean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--data", "fashion-mnist", "--all-classes", "--classes", "1", "7",
+            "--epochs", "1", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((out / "all-classes.json").read_text())
+    assert [row["class"] for row in summary["classes"]] == [1, 7]
+    primary = summary["classes"][0]["primary_score"]
+    mean = (summary["classes"][0]["auroc"][primary] + summary["classes"][1]["auroc"][primary]) / 2
+    assert summary["mean_auroc"][primary] == pytest.approx(mean)
+    table = capsys.readouterr().out
+    assert any(line.startswith("mean") for line in table.splitlines())
+    assert (out / "class-1" / "manifest.json").exists() and (
+        out / "class-7" / "manifest.json"
+    ).exists()
