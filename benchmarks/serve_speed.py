@@ -189,7 +189,9 @@ def main() -> None:
             try:
                 hey(port, single, 200, 8)  # warm-up
                 for c in (1, 8, 32, 128):
-                    n = int(max(c * 20, (1000 if c == 1 else 4000) * scale)) // c * c  # hey rounds down
+                    n = (
+                        int(max(c * 20, (1000 if c == 1 else 4000) * scale)) // c * c
+                    )  # hey rounds down
                     r = hey(port, single, n, c)
                     rows.append({"server": name, "images/req": 1, "c": c, **r, "img_s": r["req_s"]})
                     print(rows[-1], flush=True)
