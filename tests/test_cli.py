@@ -174,3 +174,13 @@ def test_evaluate_all_classes_prints_the_table_with_the_mean(
     assert (out / "class-1" / "manifest.json").exists() and (
         out / "class-7" / "manifest.json"
     ).exists()
+
+
+def test_default_epochs_scale_with_the_data_set_size() -> None:
+    from training.pipeline import TrainConfig
+
+    cfg = TrainConfig(data="x", out=Path("x"))
+    assert cfg.max_epochs(4200) == 30  # Fashion-MNIST class: 66 steps an epoch
+    assert cfg.max_epochs(640) == 180  # 10 steps an epoch: at least 1800 steps
+    assert cfg.max_epochs(20) == 300  # capped
+    assert TrainConfig(data="x", out=Path("x"), epochs=3).max_epochs(20) == 3

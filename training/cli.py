@@ -116,7 +116,9 @@ def add_train(sub: Any) -> None:
         default=None,
         help="grayscale or RGB (default: from the data)",
     )
-    p.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="maximum epochs (default: 30, more for small data sets so that "
+                        "training takes at least ~1800 steps)")  # fmt: skip
     p.add_argument(
         "--patience",
         type=int,

@@ -23,21 +23,29 @@ from training.data import DataError, Images, read_images, to_inputs
 
 
 def score_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """labels: 1 = anomaly. AUROC, AUPRC, FPR at 95 % TPR, and the FPR/TPR of `threshold`."""
+    """labels: 1 = anomaly. AUROC, AUPRC, FPR at 95 % TPR, and the FPR/TPR of `threshold`.
+
+    Without anomalies (normal images only) just the threshold and its realised FPR.
+    """
     labels = labels.astype(bool)
-    fpr, tpr, cuts = roc_curve(labels, scores)
     flagged = scores > threshold
+    out = {"threshold": float(threshold), "fpr": _rate(flagged[~labels])}
+    if labels.all() or not labels.any():
+        return out
+    fpr, tpr, cuts = roc_curve(labels, scores)
     youden = int(np.argmax(tpr - fpr))
-    return {
+    return out | {
         "auroc": float(roc_auc_score(labels, scores)),
         "auprc": float(average_precision_score(labels, scores)),
         "fpr_at_95_tpr": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
-        "threshold": float(threshold),
-        "fpr": float(flagged[~labels].mean()),
-        "tpr": float(flagged[labels].mean()),
+        "tpr": _rate(flagged[labels]),
         "youden_threshold": float(cuts[youden]),
         "f1_best_threshold": _f1_best(labels, scores),
     }
+
+
+def _rate(flags: np.ndarray) -> float:
+    return float(flags.mean()) if len(flags) else float("nan")
 
 
 def _f1_best(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -82,16 +90,14 @@ def evaluate_arrays(
     metrics = {name: score_metrics(labels, outputs[name], limits[name]) for name in manifest.scores}
     flagged = judge.flags(outputs)
     normal = labels == 0
-    verdict = {
-        "fpr": float(flagged[normal].mean()),
-        "tpr": float(flagged[~normal].mean()) if (~normal).any() else float("nan"),
-    }
+    verdict = {"fpr": _rate(flagged[normal]), "tpr": _rate(flagged[~normal])}
     return Evaluation(manifest, images, labels, classes, outputs, limits, metrics, verdict)
 
 
-def evaluate_bundle(bundle: Path, normals: Images, anomalies: Images) -> Evaluation:
+def evaluate_bundle(bundle: Path, normals: Images, anomalies: Images | None) -> Evaluation:
     """Score normal and anomalous images through the bundle's graph and measure."""
     manifest, _ = load_bundle(bundle)
+    anomalies = anomalies or Images(source="none", files=())
     images = np.concatenate(
         [to_inputs(normals, manifest.input), to_inputs(anomalies, manifest.input)]
     )
@@ -148,10 +154,10 @@ def format_table(evaluation: Evaluation) -> str:
     lines = [f"{'score':<16}{'AUROC':>8}{'AUPRC':>8}{'FPR@95':>8}{'FPR':>8}{'TPR':>8}"]
     for name, m in evaluation.metrics.items():
         mark = " *" if name == primary else ""
-        lines.append(
-            f"{name + mark:<16}{m['auroc']:>8.4f}{m['auprc']:>8.4f}"
-            f"{m['fpr_at_95_tpr']:>8.3f}{m['fpr']:>8.3f}{m['tpr']:>8.3f}"
-        )
+        cells = [
+            m.get(key, float("nan")) for key in ("auroc", "auprc", "fpr_at_95_tpr", "fpr", "tpr")
+        ]
+        lines.append(f"{name + mark:<16}" + "".join(f"{c:>8.4f}" for c in cells))
     v = evaluation.verdict
     lines.append(
         f"verdict at target FPR {evaluation.manifest.calibration.target_fpr:g}: "
