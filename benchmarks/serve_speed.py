@@ -195,7 +195,7 @@ def main() -> None:
                     r = hey(port, single, n, c)
                     rows.append({"server": name, "images/req": 1, "c": c, **r, "img_s": r["req_s"]})
                     print(rows[-1], flush=True)
-                r = hey(port, many, int(400 * scale), 8)
+                r = hey(port, many, int(400 * scale) // 8 * 8, 8)
                 rows.append(
                     {"server": name, "images/req": 32, "c": 8, **r, "img_s": r["req_s"] * 32}
                 )

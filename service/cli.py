@@ -38,7 +38,8 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--intra-op-threads": (
         "intra_op_threads",
         int,
-        "ONNX Runtime intra-op threads, 0 = one per core (env VIGIL_INTRA_OP_THREADS)",
+        "ONNX Runtime intra-op threads, 0 = one per CPU less one for the event loop "
+        "(env VIGIL_INTRA_OP_THREADS)",
     ),
     "--max-batch": ("max_batch", int, "images per ONNX Runtime call (env VIGIL_MAX_BATCH)"),
     "--max-wait-ms": (

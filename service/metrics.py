@@ -104,14 +104,21 @@ class ScoreHistogram(Collector):
             }
 
     def observe(self, score: str, value: float) -> None:
+        self.observe_many([{score: value}])
+
+    def observe_many(self, rows: Iterable[dict[str, float]]) -> None:
+        """Observe every score of every row (one image's scores), under one lock."""
         with self._lock:
-            series = self._series.get(score)
-            if series is None or not math.isfinite(value):
-                return
-            series.counts[bisect.bisect_left(series.bounds, value)] += 1
-            series.total += value
-            if value < 0:
-                series.negative = True
+            known = self._series
+            for values in rows:
+                for score, value in values.items():
+                    series = known.get(score)
+                    if series is None or not math.isfinite(value):
+                        continue
+                    series.counts[bisect.bisect_left(series.bounds, value)] += 1
+                    series.total += value
+                    if value < 0:
+                        series.negative = True
 
     def collect(self) -> Iterable[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=["score"])
@@ -207,6 +214,7 @@ class Metrics:
         )
         self._model_labels: tuple[str, str, str, str] | None = None
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._anomaly_children: dict[str, Counter] = {}  # per score name; never removed
 
     # -- request path -------------------------------------------------------------------
 
@@ -228,12 +236,13 @@ class Metrics:
         self, scores: Sequence[dict[str, float]], flagged: Sequence[list[str]]
     ) -> None:
         self.images_scored.inc(len(scores))
-        for values in scores:
-            for name, value in values.items():
-                self.scores.observe(name, value)
+        self.scores.observe_many(scores)
         for names in flagged:
             for name in names:
-                self.anomalies.labels(name).inc()
+                child = self._anomaly_children.get(name)
+                if child is None:
+                    child = self._anomaly_children[name] = self.anomalies.labels(name)
+                child.inc()
 
     def observe_batch(self, size: int, waits: Iterable[float], seconds: float) -> None:
         self.batch_size.observe(size)

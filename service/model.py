@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -113,7 +114,7 @@ def load_model(path: Path, settings: Settings, observer: BatchObserver | None) -
         session = create_session(
             model_path,
             settings.provider_list,
-            settings.intra_op_threads,
+            settings.intra_op_threads or service_threads(),
             require=settings.required_provider,
             allow_spinning=False,  # idle ORT threads must not take CPU from the event loop
         )
@@ -175,6 +176,21 @@ def load_model(path: Path, settings: Settings, observer: BatchObserver | None) -
         time.perf_counter() - started,
     )
     return model
+
+
+def service_threads() -> int:
+    """The default intra-op thread count: one per CPU this process may use, less one.
+
+    The event loop (HTTP parsing, decoding, JSON) runs on its own core's worth of CPU;
+    ORT's pool sized to every core competed with it (on 2 cores, 1 thread instead of
+    ORT's default 2 gave ~15-25 % more single-image throughput at c=32, and batch-32
+    requests lost nothing measurable). The inference thread itself is one of the threads.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus - 1)
 
 
 def _check_graph(session: ort.InferenceSession, manifest: Manifest) -> None:

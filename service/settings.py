@@ -46,7 +46,10 @@ class Settings(BaseSettings):
         "CUDAExecutionProvider, instead of silently running on the CPU",
     )
     intra_op_threads: int = Field(
-        default=0, ge=0, description="ONNX Runtime intra-op threads (0 = one per physical core)"
+        default=0,
+        ge=0,
+        description="ONNX Runtime intra-op threads (0 = one per CPU this process may use, less "
+        "one left to the event loop, at least 1)",
     )
     batching: bool = Field(default=True, description="gather concurrent images into shared batches")
     max_batch: int = Field(

@@ -92,6 +92,9 @@ PARAMETERS = [
         "description": "add each image's per-pixel error map as a base64 PNG",
     },
 ]
+# json.dumps with options builds a new encoder per call; these are built once.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_ENCODE_NAN = json.JSONEncoder(separators=(",", ":")).encode
 TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
 
@@ -232,9 +235,9 @@ def _render(
         "results": results,
     }
     try:
-        return json.dumps(response, separators=(",", ":"), allow_nan=False).encode()
+        return _ENCODE(response).encode()
     except ValueError:  # a NaN or infinite score: JSON has no such numbers, send null
-        return json.dumps(_finite(response), separators=(",", ":")).encode()
+        return _ENCODE_NAN(_finite(response)).encode()
 
 
 def _finite(value: Any) -> Any:
