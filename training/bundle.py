@@ -16,6 +16,7 @@ import torch
 from service.bundle import (
     DECODER_FILE,
     MODEL_FILE,
+    Calibration,
     InputSpec,
     Manifest,
     ModelInfo,
@@ -25,7 +26,8 @@ from service.bundle import (
     sha256_file,
     write_manifest,
 )
-from training.calibrate import make_calibration, score_images
+from service.runtime import create_session, run_batched
+from training.calibrate import make_calibration
 from training.export import OPSET, export_decoder, export_onnx
 from training.models import count_parameters
 from training.scores import ScoreGraph
@@ -70,16 +72,12 @@ def write_bundle(
         if cfg.variational:
             export_decoder(graph.model, staging / DECODER_FILE)
         scores = graph.score_names()
-        partial = _manifest(graph, spec, outputs, scores, staging, training, name)
-        raw = _score_staged(staging, partial, calibration_images)
-        calibration = make_calibration(
-            raw,
-            scores,
-            [PRIMARY_SCORE],
-            target_fpr,
-            f"{training['data_source']} (calibration split)",
-        )
-        manifest = partial.model_copy(update={"calibration": calibration})
+        # Calibrate on the exported graph itself: the scores the service will compute.
+        session = create_session(staging / MODEL_FILE, providers=["CPUExecutionProvider"])
+        raw = run_batched(session, calibration_images, outputs=scores)
+        source = f"{training['data_source']} (calibration split)"
+        calibration = make_calibration(raw, scores, [PRIMARY_SCORE], target_fpr, source)
+        manifest = _manifest(graph, spec, outputs, calibration, staging, training, name)
         write_manifest(staging, manifest)
         if out.exists():
             shutil.rmtree(out)
@@ -89,32 +87,17 @@ def write_bundle(
     return manifest
 
 
-def _score_staged(staging: Path, manifest: Manifest, images: np.ndarray) -> dict[str, np.ndarray]:
-    write_manifest(staging, manifest)
-    return score_images(staging, images)
-
-
 def _manifest(
     graph: ScoreGraph,
     spec: InputSpec,
     outputs: list[str],
-    scores: list[str],
+    calibration: Calibration,
     staging: Path,
     training: dict[str, Any],
     name: str,
 ) -> Manifest:
-    """A manifest with a placeholder calibration (one zero per score), replaced right after."""
     cfg = graph.model.cfg
-    from service.bundle import Calibration
-
-    placeholder = Calibration(
-        target_fpr=0.5,
-        verdict_scores=[PRIMARY_SCORE],
-        n=1,
-        scores={s: [0.0] for s in scores},
-        data_source="",
-        created_at=now(),
-    )
+    scores = list(calibration.scores)
     return Manifest(
         name=name,
         version=1,
@@ -132,6 +115,6 @@ def _manifest(
         scores=scores,
         primary_score=PRIMARY_SCORE,
         score_descriptions={s: DESCRIPTIONS[s] for s in scores},
-        calibration=placeholder,
+        calibration=calibration,
         training=TrainingInfo(**training, versions=versions()),
     )
