@@ -6,7 +6,6 @@ torch is imported only by the training subcommands, so `vigil serve` runs withou
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -299,11 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "serve":
         print(f"done in {time.time() - started:.1f} s")
     return code
-
-
-def dump_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 if __name__ == "__main__":
