@@ -61,18 +61,32 @@ class RequestGuard:
       streams in and refused as soon as it passes the limit.
     - Request metrics: count and duration by route template (`unmatched` for unknown paths).
     - Unexpected exceptions: logged with traceback and answered 500 in the one error shape.
+    - Fast path: `POST /score` goes straight to `score_app` (a raw ASGI handler, see
+      `score.Scorer`), before FastAPI's router, under the same limit, metrics (route
+      `/score`) and 500 handling; the FastAPI route stays registered for the docs.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        metrics: Metrics,
+        score_app: ASGIApp | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.score_app = score_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        app = self.app
+        fast = False
+        if self.score_app is not None and scope["method"] == "POST" and _is_score(scope):
+            app, fast = self.score_app, True
         limit = self.max_body_bytes
         status = 500
         response_started = False
@@ -101,7 +115,7 @@ class RequestGuard:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracked_send)
+            await app(scope, limited_receive, tracked_send)
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if response_started:
@@ -120,11 +134,23 @@ class RequestGuard:
             )
             await send({"type": "http.response.body", "body": body})
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) if route is not None else None
+            if fast:
+                path: str | None = score.ROUTE
+            else:
+                route = scope.get("route")
+                path = getattr(route, "path", None) if route is not None else None
             self.metrics.observe_request(
                 path or UNMATCHED, scope["method"], status, time.perf_counter() - started
             )
+
+
+def _is_score(scope: Scope) -> bool:
+    """Whether the request's path, less any root_path (as Starlette routes), is /score."""
+    path: str = scope["path"]
+    if path == score.ROUTE:
+        return True
+    root: str = scope.get("root_path", "")
+    return bool(root) and path == root + score.ROUTE
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -194,12 +220,17 @@ class Service:
         return remove
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The FastAPI app for `settings` (default: from the environment)."""
+def create_app(settings: Settings | None = None, *, fast_score: bool = True) -> FastAPI:
+    """The FastAPI app for `settings` (default: from the environment).
+
+    `fast_score=False` serves POST /score through FastAPI's router instead of the raw-ASGI
+    fast path (same responses, slower; the tests compare the two).
+    """
     settings = settings if settings is not None else Settings()
     metrics = Metrics(settings.max_batch)
     holder = ModelHolder(settings, metrics)
     service = Service(settings, metrics, holder)
+    scorer = score.Scorer(settings, holder, metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -222,9 +253,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    app.include_router(score.router(settings, holder, metrics))
+    app.include_router(score.router(scorer))
     app.include_router(probes.router(holder, metrics))
     app.include_router(admin.router(settings, holder))
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        score_app=scorer.asgi if fast_score else None,
+    )
     app.state.service = service
     return app

@@ -75,7 +75,7 @@ def router(settings: Settings, holder: ModelHolder) -> APIRouter:
         },
     )
     async def reload(request: Request) -> Response:
-        requested = _requested_bundle(await read_body(request))
+        requested = _requested_bundle(await read_body(request.receive))
         path = holder.resolve(requested)
         started = time.perf_counter()
         model = await holder.load(path)

@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 from PIL import Image
+from starlette.datastructures import QueryParams
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from service.batching import BatcherClosed, Row
 from service.bundle import ERROR_MAP_OUTPUT, InputSpec
 from service.calibration import CalibrationError
-from service.errors import IMAGE_ERROR_STATUS, ApiError
+from service.errors import IMAGE_ERROR_STATUS, ApiError, error_body
 from service.metrics import Metrics
 from service.model import LoadedModel, ModelHolder
 from service.preprocess import ImageError, decode_image, image_to_array
@@ -32,6 +34,7 @@ from service.schemas import KNOWN_SCORES, ScoreResponse, error_responses
 from service.scoring import Verdict
 from service.settings import Settings
 
+ROUTE = "/score"
 # Bodies above this many bytes are decoded in a worker thread, not on the event loop.
 INLINE_DECODE_BYTES = 256 * 1024
 
@@ -99,30 +102,29 @@ TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
 
 
-def router(settings: Settings, holder: ModelHolder, metrics: Metrics) -> APIRouter:
-    api = APIRouter()
-    errors = error_responses(
-        {
-            400: "malformed multipart body",
-            413: "body, file count or image pixels over the limit",
-            415: "not an image, or an unsupported Content-Type",
-            422: "no files, undecodable image, or target_fpr out of range",
-            503: "no model loaded yet",
-        }
-    )
+class Scorer:
+    """The whole of POST /score, framework-free: both ways in call `score`.
 
-    @api.post(
-        "/score",
-        response_model=ScoreResponse,
-        responses=errors,
-        summary="Score images for anomalies",
-        description=DESCRIPTION,
-        openapi_extra={"requestBody": REQUEST_BODY, "parameters": PARAMETERS},
-    )
-    async def score(request: Request) -> Response:
-        target_fpr, heatmap = _query(request)
+    - `asgi`: the fast path, a raw ASGI handler that `service.app.RequestGuard` calls for
+      every POST /score before FastAPI's router (routing, dependency solving and the
+      response classes cost more than the rest of the request's Python work).
+    - the FastAPI route of `router`: registered for the OpenAPI schema and docs, and the
+      reference path when the fast path is turned off (`create_app(fast_score=False)`).
+    """
+
+    def __init__(self, settings: Settings, holder: ModelHolder, metrics: Metrics) -> None:
+        self.settings = settings
+        self.holder = holder
+        self.metrics = metrics
+
+    async def score(
+        self, query_string: bytes, headers: list[tuple[bytes, bytes]], receive: Receive
+    ) -> bytes:
+        """The JSON response body of a request; `ApiError` for any client-visible error."""
+        holder, settings = self.holder, self.settings
+        target_fpr, heatmap = _query(query_string)
         _thresholds(holder.require(), target_fpr)  # 503 / 422 before reading the body
-        uploads = await read_uploads(request, settings.max_files)
+        uploads = await read_uploads(headers, receive, settings.max_files)
         model = holder.acquire()
         try:
             fpr = _thresholds(model, target_fpr)
@@ -136,19 +138,74 @@ def router(settings: Settings, holder: ModelHolder, metrics: Metrics) -> APIRout
             except BatcherClosed as exc:
                 raise ApiError(503, "not_ready", "the model is being unloaded; retry") from exc
             verdicts = model.judge.judge(_gather(rows, model.score_names), fpr)
-            metrics.observe_verdicts([v.scores for v in verdicts], [v.flagged_by for v in verdicts])
+            self.metrics.observe_verdicts(
+                [v.scores for v in verdicts], [v.flagged_by for v in verdicts]
+            )
             maps = [outputs[ERROR_MAP_OUTPUT][i] for outputs, i in rows] if heatmap else None
-            body = _render(model, fpr, uploads, verdicts, maps)
+            return _render(model, fpr, uploads, verdicts, maps)
         finally:
             holder.release(model)
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /score as a raw ASGI app: the same bytes, status and headers as the route.
+
+        An `ApiError` is answered in the one error shape (as errors.install does for the
+        route); any other exception propagates to the request guard (500).
+        """
+        try:
+            body = await self.score(scope["query_string"], scope["headers"], receive)
+        except ApiError as exc:
+            error = error_body(exc.code, exc.message, exc.filename)
+            await _send_json(send, exc.status, error, exc.headers)
+            return
+        await _send_json(send, 200, body, None)
+
+
+async def _send_json(send: Send, status: int, body: bytes, extra: dict[str, str] | None) -> None:
+    """What `Response(body, status, headers=extra, media_type="application/json")` sends."""
+    headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    if extra:
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+        names = {name for name, _ in raw}
+        headers = raw + [h for h in headers if h[0] not in names]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def router(scorer: Scorer) -> APIRouter:
+    api = APIRouter()
+    errors = error_responses(
+        {
+            400: "malformed multipart body",
+            413: "body, file count or image pixels over the limit",
+            415: "not an image, or an unsupported Content-Type",
+            422: "no files, undecodable image, or target_fpr out of range",
+            503: "no model loaded yet",
+        }
+    )
+
+    @api.post(
+        ROUTE,
+        response_model=ScoreResponse,
+        responses=errors,
+        summary="Score images for anomalies",
+        description=DESCRIPTION,
+        openapi_extra={"requestBody": REQUEST_BODY, "parameters": PARAMETERS},
+    )
+    async def score(request: Request) -> Response:
+        body = await scorer.score(
+            request.scope["query_string"], request.scope["headers"], request.receive
+        )
         return Response(body, media_type="application/json")
 
     return api
 
 
-def _query(request: Request) -> tuple[float | None, bool]:
+def _query(query_string: bytes) -> tuple[float | None, bool]:
     """`target_fpr` and `heatmap` from the query string (422 in the one shape when invalid)."""
-    params = request.query_params
+    if not query_string:
+        return None, False
+    params = QueryParams(query_string)
     if not params:
         return None, False
     target_fpr = None

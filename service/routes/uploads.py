@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from service.errors import ApiError
 
@@ -34,14 +34,20 @@ class Upload:
     data: bytes
 
 
-async def read_uploads(request: Request, max_files: int) -> list[Upload]:
-    """The uploaded files, in order; `ApiError` for a body that does not carry any."""
-    mime, params = parse_options_header(request.headers.get("content-type"))
+async def read_uploads(
+    headers: list[tuple[bytes, bytes]], receive: Receive, max_files: int
+) -> list[Upload]:
+    """The uploaded files, in order; `ApiError` for a body that does not carry any.
+
+    `headers` are the request's raw ASGI headers (lower-case names) and `receive` its ASGI
+    receive channel: the FastAPI route and the raw-ASGI fast path (service.app) share this.
+    """
+    mime, params = parse_options_header(_header(headers, b"content-type"))
     if mime == b"multipart/form-data":
-        return await _read_form(request, params, max_files)
+        return await _read_form(receive, params, max_files)
     if mime.startswith(RAW_TYPES):
-        return [Upload(None, await read_body(request))]
-    if not mime and _no_body(request):
+        return [Upload(None, await read_body(receive))]
+    if not mime and _no_body(headers):
         raise ApiError(422, "no_files", _HOW)
     raise ApiError(
         415,
@@ -56,19 +62,35 @@ _HOW = (
 )
 
 
-def _no_body(request: Request) -> bool:
-    headers = request.headers
-    return headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header `name` (lower case), like `Request.headers.get`."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
 
 
-async def read_body(request: Request) -> bytes:
-    chunks: list[bytes] = []
-    try:
-        async for chunk in request.stream():
-            chunks.append(chunk)
-    except ClientDisconnect as exc:
-        raise _disconnected() from exc
-    return b"".join(chunks)
+def _no_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    length = _header(headers, b"content-length")
+    return (length is None or length == b"0") and _header(headers, b"transfer-encoding") is None
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole body, read from `receive` (400 client_disconnected if the client hangs up)."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk = message.get("body", b"")
+            if not message.get("more_body", False):
+                if not body:
+                    return bytes(chunk)  # the common case: the body came in one message
+                body += chunk
+                return bytes(body)
+            body += chunk
+        elif kind == "http.disconnect":
+            raise _disconnected()
 
 
 def _disconnected() -> ApiError:
@@ -151,18 +173,25 @@ class _FormReader:
         self.ended = True
 
 
-async def _read_form(request: Request, params: dict[bytes, bytes], max_files: int) -> list[Upload]:
+async def _read_form(receive: Receive, params: dict[bytes, bytes], max_files: int) -> list[Upload]:
     boundary = params.get(b"boundary")
     if not boundary:
         raise ApiError(400, "invalid_multipart", "multipart/form-data without a boundary")
     reader = _FormReader(max_files)
     try:
         parser = multipart.MultipartParser(boundary, reader.callbacks())
-        async for chunk in request.stream():
-            parser.write(chunk)
+        while True:  # each chunk is parsed as it arrives: the file count is checked early
+            message = await receive()
+            kind = message["type"]
+            if kind == "http.request":
+                chunk = message.get("body", b"")
+                if chunk:
+                    parser.write(chunk)
+                if not message.get("more_body", False):
+                    break
+            elif kind == "http.disconnect":
+                raise _disconnected()
         parser.finalize()
-    except ClientDisconnect as exc:
-        raise _disconnected() from exc
     except FormParserError as exc:
         raise ApiError(400, "invalid_multipart", f"the multipart body is malformed: {exc}") from exc
     if not reader.ended:
