@@ -184,3 +184,19 @@ def test_default_epochs_scale_with_the_data_set_size() -> None:
     assert cfg.max_epochs(640) == 180  # 10 steps an epoch: at least 1800 steps
     assert cfg.max_epochs(20) == 300  # capped
     assert TrainConfig(data="x", out=Path("x"), epochs=3).max_epochs(20) == 3
+
+
+def test_training_commands_without_torch_say_which_extra_to_install() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from training.cli import main\n"
+        "sys.exit(main(['train', '--data', 'fashion-mnist', '--out', 'unused']))"
+    )
+    root = str(Path(__file__).parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=60
+    )
+    assert proc.returncode == 2
+    assert (
+        "needs torch" in proc.stderr and "[train" in proc.stderr and "Traceback" not in proc.stderr
+    )

@@ -278,9 +278,24 @@ def parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return root
 
 
+TRAIN_EXTRA = {"torch", "onnx", "onnxscript", "sklearn", "matplotlib", "tqdm"}
+
+
+def _missing_extra(exc: ModuleNotFoundError, command: str) -> int:
+    """Training commands in a serving-only install: say what to install, not a traceback."""
+    if exc.name not in TRAIN_EXTRA:
+        raise exc
+    print(f"vigil {command}: needs {exc.name}, from the train extra: "
+          "pip install -e '.[train,cpu]'", file=sys.stderr)  # fmt: skip
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser(argv).parse_args(argv)
+    try:
+        args = parser(argv).parse_args(argv)
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc, argv[0] if argv else "")
     from service.bundle import BundleError
     from service.calibration import CalibrationError
     from training.data import DataError
@@ -292,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors as exc:
         print(f"vigil {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc, args.command)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
