@@ -100,6 +100,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.bundle import BundleError, load_bundle
 
     try:
         settings = settings_from(args)
@@ -108,6 +109,11 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if settings.bundle is None:
         print("vigil serve: no bundle: pass --bundle DIR or set VIGIL_BUNDLE", file=sys.stderr)
+        return 2
+    try:
+        load_bundle(settings.bundle)  # a wrong path or a broken bundle fails fast, not not-ready
+    except BundleError as exc:
+        print(f"vigil serve: error: {exc}", file=sys.stderr)
         return 2
     level = settings.log_level.upper()
     logging.basicConfig(

@@ -200,3 +200,13 @@ def test_training_commands_without_torch_say_which_extra_to_install() -> None:
     assert (
         "needs torch" in proc.stderr and "[train" in proc.stderr and "Traceback" not in proc.stderr
     )
+
+
+def test_serve_refuses_a_missing_or_broken_bundle_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--bundle", str(tmp_path / "missing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["serve", "--bundle", str(tmp_path / "empty")]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
