@@ -59,6 +59,8 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `vigil serve` flags; each overrides its VIGIL_* environment variable."""
     for flag, (dest, kind, text) in _FLAGS.items():
+        if "default" not in text:  # show the Settings default where the text does not explain it
+            text = f"{text[:-1]}; default {Settings.model_fields[dest].default})"
         parser.add_argument(flag, dest=dest, type=kind, default=None, help=text)
     parser.add_argument(
         "--require-gpu",

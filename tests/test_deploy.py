@@ -43,6 +43,7 @@ METRICS = {
     "vigil_model_info",
     "vigil_reloads_total",
     "vigil_ready",
+    "vigil_target_fpr",
 }
 PROBE_ROUTES = "/metrics|/healthz|/livez|/readyz"
 TOOL_TIMEOUT = 60
@@ -367,6 +368,7 @@ def _scenario(name: str, at: str, firing: list[dict[str, str]], series: dict[str
     healthy = {
         'up{job="vigil", instance="vigil:8000"}': "1x40",
         'vigil_ready{job="vigil", instance="vigil:8000"}': "1x40",
+        'vigil_target_fpr{job="vigil", instance="vigil:8000"}': "0.01x40",
     }
     return {
         "name": name,

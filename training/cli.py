@@ -18,7 +18,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        silent = action.default in (None, argparse.SUPPRESS, True, False) or action.required
+        default = action.default
+        silent = default is None or default is argparse.SUPPRESS or isinstance(default, bool)
+        silent = silent or action.required
         if "default" in text or silent:
             return text
         return text + " (default: %(default)s)"
@@ -48,7 +50,7 @@ def _data_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
         required=required,
         help=(
             "'fashion-mnist' (the Debian dataset-fashion-mnist folder), a folder of images "
-            "(PNG/JPEG/BMP, searched recursively), a folder or file in IDX format, or .npy/.npz"
+            "(PNG, JPEG, BMP, GIF, TIFF, WebP; searched recursively), a folder or file in IDX format, or .npy/.npz"
         ),
     )
     p.add_argument(
