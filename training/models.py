@@ -20,7 +20,7 @@ class ModelConfig:
     height: int = 28
     width: int = 28
     latent_dim: int = 16
-    base_width: int = 16
+    base_width: int = 8
     beta: float = 1.0
 
     @property

@@ -42,7 +42,7 @@ class TrainConfig:
     image_size: tuple[int, int] | None = None
     color_mode: str | None = None
     latent_dim: int = 16
-    base_width: int = 16
+    base_width: int = 8
     beta: float | None = None
     loss: str = "bce"
     denoise: float = 0.0
