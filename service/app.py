@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -234,11 +235,14 @@ def create_app(settings: Settings | None = None, *, fast_score: bool = True) -> 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(settings.switch_interval_ms / 1000)
         loader = asyncio.create_task(service.load_initial())
         uninstall = service.install_sighup()
         try:
             yield
         finally:
+            sys.setswitchinterval(switch_interval)
             uninstall()
             for task in [loader, *service.tasks]:
                 task.cancel()

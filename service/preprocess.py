@@ -63,7 +63,7 @@ def image_to_array(image: Image.Image, spec: InputSpec) -> np.ndarray:
         image = _flatten_alpha(image).convert(spec.color_mode)
     if image.size != (spec.width, spec.height):
         image = image.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
-    pixels = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
+    pixels = np.multiply(np.asarray(image), np.float32(1 / 255), dtype=np.float32)
     if pixels.ndim == 2:
         return pixels[None]
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))

@@ -51,6 +51,14 @@ class Settings(BaseSettings):
         description="ONNX Runtime intra-op threads (0 = one per CPU this process may use, less "
         "one left to the event loop, at least 1)",
     )
+    switch_interval_ms: float = Field(
+        default=0.5,
+        gt=0,
+        le=100,
+        description="CPython's thread switch interval while serving (sys.setswitchinterval). "
+        "With Python's 5 ms, the inference thread can wait up to 5 ms for the GIL after each "
+        "ONNX Runtime call while the event loop runs; 0.5 ms hands batches back sooner",
+    )
     batching: bool = Field(default=True, description="gather concurrent images into shared batches")
     max_batch: int = Field(
         default=32, ge=1, le=1024, description="images per ONNX Runtime call, at most"

@@ -487,3 +487,13 @@ def test_promtool_alert_unit_tests(tmp_path: Path) -> None:
     test_file = tmp_path / "alerts_test.yml"
     test_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     _run([promtool, "test", "rules", str(test_file)])
+
+
+def test_readme_documents_every_service_setting() -> None:
+    from service.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    undocumented = [
+        name for name in Settings.model_fields if f"`VIGIL_{name.upper()}`" not in readme
+    ]
+    assert not undocumented, f"add these to README's configuration table: {undocumented}"

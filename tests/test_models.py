@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from training.models import AutoEncoder, ModelConfig, Output, kl_divergence, reconstruction_loss
-from training.scores import ScoreGraph, gaussian_window, ssim_map
+from training.scores import GaussianBlur, ScoreGraph, gaussian_kernel, ssim_map
 from training.train import FitConfig, fit
 
 
@@ -62,9 +62,21 @@ def test_reconstruction_losses() -> None:
 
 def test_ssim_of_an_image_with_itself_is_one() -> None:
     x = torch.rand(2, 3, 16, 16)
-    window = gaussian_window(7, 1.5, 3)
-    assert torch.allclose(ssim_map(x, x, window), torch.ones_like(x), atol=1e-4)
-    assert float(ssim_map(x, torch.rand(2, 3, 16, 16), window).mean()) < 0.5
+    blur5 = GaussianBlur(7, 1.5, 5 * 3)
+    assert torch.allclose(ssim_map(x, x, blur5), torch.ones_like(x), atol=1e-4)
+    assert float(ssim_map(x, torch.rand(2, 3, 16, 16), blur5).mean()) < 0.5
+
+
+def test_separable_blur_equals_the_2d_gaussian_convolution() -> None:
+    x = torch.rand(2, 3, 12, 10)
+    g = gaussian_kernel(5, 1.0)
+    window = (g[:, None] * g[None, :]).expand(3, 1, 5, 5)
+    expected = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, [2] * 4, mode="reflect"), window, groups=3
+    )
+    blurred = GaussianBlur(5, 1.0, 3)(x)
+    assert blurred.shape == x.shape
+    assert torch.allclose(blurred, expected, atol=1e-6)
 
 
 def test_vae_uses_the_mean_at_inference_and_samples_in_training() -> None:
