@@ -8,7 +8,9 @@ Servers, each 1 uvicorn worker (uvloop + httptools), started and stopped by this
 Loads: one 28x28 PNG per request at c = 1, 8, 32, 128; 32 PNGs per request at c = 8.
 Also ONNX Runtime alone, in-process, at batch 1 and 32: the ceiling for the model.
 
-    .venv/bin/python benchmarks/serve_speed.py --bundle models/default [--quick]
+    .venv/bin/python benchmarks/serve_speed.py --bundle models/default [--quick] [--rounds 3]
+
+Servers are measured in alternating rounds; figures are medians over the rounds.
 
 Needs `hey` (Debian: apt-get install hey). Writes benchmarks/results/serve_speed.json.
 """
@@ -166,10 +168,61 @@ def ort_alone(bundle: Path, seconds: float = 2.0) -> dict[str, float]:
     return out
 
 
+LOADS = [(1, 1), (1, 8), (1, 32), (1, 128), (32, 8)]  # (images per request, concurrency)
+
+
+def requests_for(images: int, c: int, scale: float) -> int:
+    if images > 1:
+        return int(400 * scale) // c * c
+    return int(max(c * 20, (1000 if c == 1 else 4000) * scale)) // c * c  # hey rounds down
+
+
+def measure(name: str, bundle: Path, bodies: dict[int, Path], scale: float) -> list[dict[str, Any]]:
+    """Every load against one freshly started server."""
+    port = free_port()
+    proc = start(name, bundle, port)
+    rows = []
+    try:
+        hey(port, bodies[1], 200, 8)  # warm-up
+        for images, c in LOADS:
+            r = hey(port, bodies[images], requests_for(images, c, scale), c)
+            rows.append({"server": name, "images/req": images, "c": c, **r})
+            rows[-1]["img_s"] = r["req_s"] * images
+            print(rows[-1], flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return rows
+
+
+def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (server, images/req, c): the median of each figure over the rounds."""
+    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["server"], r["images/req"], r["c"]), []).append(r)
+    out = []
+    for (server, images, c), group in groups.items():
+        row: dict[str, Any] = {"server": server, "images/req": images, "c": c}
+        for key in ("req_s", "img_s", "p50_ms", "p99_ms"):
+            row[key] = float(np.median([g[key] for g in group]))
+        row["errors"] = int(sum(g["errors"] for g in group))
+        row["rounds"] = len(group)
+        out.append(row)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "default")
     parser.add_argument("--quick", action="store_true", help="fewer requests per point")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds over all servers; each figure is the median over rounds, and each "
+        "ratio the median of the ratios within a round (neighbours on a shared machine "
+        "move absolute figures between rounds)",
+    )
     parser.add_argument(
         "--servers", nargs="*", default=["vigil", "vigil-nobatch", "bare-fastapi", "torch-eager"]
     )
@@ -180,53 +233,58 @@ def main() -> None:
     pngs = test_pngs(32)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        single, many = Path(tmp) / "one.bin", Path(tmp) / "many.bin"
-        single.write_bytes(multipart(pngs[:1]))
-        many.write_bytes(multipart(pngs))
-        for name in args.servers:
-            port = free_port()
-            proc = start(name, args.bundle, port)
-            try:
-                hey(port, single, 200, 8)  # warm-up
-                for c in (1, 8, 32, 128):
-                    n = (
-                        int(max(c * 20, (1000 if c == 1 else 4000) * scale)) // c * c
-                    )  # hey rounds down
-                    r = hey(port, single, n, c)
-                    rows.append({"server": name, "images/req": 1, "c": c, **r, "img_s": r["req_s"]})
-                    print(rows[-1], flush=True)
-                r = hey(port, many, int(400 * scale) // 8 * 8, 8)
-                rows.append(
-                    {"server": name, "images/req": 32, "c": 8, **r, "img_s": r["req_s"] * 32}
-                )
-                print(rows[-1], flush=True)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
+        bodies = {1: Path(tmp) / "one.bin", 32: Path(tmp) / "many.bin"}
+        bodies[1].write_bytes(multipart(pngs[:1]))
+        bodies[32].write_bytes(multipart(pngs))
+        for round_ in range(args.rounds):
+            for name in args.servers:
+                rows += [{**r, "round": round_} for r in measure(name, args.bundle, bodies, scale)]
     ort = ort_alone(args.bundle)
 
-    def at(server: str, images: int, c: int, key: str) -> float:
+    def at(server: str, images: int, c: int, key: str, round_: int) -> float:
         return next(
-            (r[key] for r in rows if (r["server"], r["images/req"], r["c"]) == (server, images, c)),
+            (
+                r[key]
+                for r in rows
+                if (r["server"], r["images/req"], r["c"], r["round"]) == (server, images, c, round_)
+            ),
             float("nan"),
         )
 
-    goals = {
-        "c32_vs_bare": at("vigil", 1, 32, "req_s") / at("bare-fastapi", 1, 32, "req_s"),
-        "c32_vs_torch": at("vigil", 1, 32, "req_s") / at("torch-eager", 1, 32, "req_s"),
-        "batch32_vs_ort": at("vigil", 32, 8, "img_s") / ort["batch_32_img_s"],
-        "p99_c1_ms": at("vigil", 1, 1, "p99_ms"),
-    }
+    per_round = [
+        {
+            "c32_vs_bare": at("vigil", 1, 32, "req_s", i) / at("bare-fastapi", 1, 32, "req_s", i),
+            "c32_vs_torch": at("vigil", 1, 32, "req_s", i) / at("torch-eager", 1, 32, "req_s", i),
+            "batch32_vs_ort": at("vigil", 32, 8, "img_s", i) / ort["batch_32_img_s"],
+            "p99_c1_ms": at("vigil", 1, 1, "p99_ms", i),
+        }
+        for i in range(args.rounds)
+    ]
+    goals = {key: float(np.median([g[key] for g in per_round])) for key in per_round[0]}
+    summary = medians(rows)
     print(
-        table(rows, ["server", "images/req", "c", "req_s", "img_s", "p50_ms", "p99_ms", "errors"])
+        table(
+            summary,
+            ["server", "images/req", "c", "req_s", "img_s", "p50_ms", "p99_ms", "errors", "rounds"],
+        )
     )
     print(
         f"\nONNX Runtime alone: {ort['batch_1_img_s']:.0f} img/s at batch 1, {ort['batch_32_img_s']:.0f} at batch 32"
     )
-    print("goals: " + ", ".join(f"{k} = {v:.3g}" for k, v in goals.items()))
+    for i, g in enumerate(per_round):
+        print(f"round {i + 1}: " + ", ".join(f"{k} = {v:.3g}" for k, v in g.items()))
+    print("goals (median over rounds): " + ", ".join(f"{k} = {v:.3g}" for k, v in goals.items()))
     save(
         "serve_speed",
-        {"bundle": str(args.bundle), "rows": rows, "onnxruntime_alone": ort, "goals": goals},
+        {
+            "bundle": str(args.bundle),
+            "command": " ".join(sys.argv),
+            "rows": summary,
+            "rounds": rows,
+            "onnxruntime_alone": ort,
+            "goals_per_round": per_round,
+            "goals": goals,
+        },
     )
 
 

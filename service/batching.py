@@ -9,9 +9,8 @@ Triton's), which on CPU was as fast or faster at every concurrency and 3x faster
 lone client (see service.settings). With batching off, each request's images run as they
 come (in chunks of at most `max_batch`), still off the event loop.
 
-The graph scores each image independently, so a batched result equals the unbatched one
-up to float32 rounding: ONNX Runtime vectorises some element-wise kernels (Log) over the
-batch dimension, which can move a score by one unit in the last place.
+The graph scores each image independently and is exported batch-invariant (see
+`training.scores.packed_rows`), so a batched result equals the unbatched one bit for bit.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every image, from an upload, a folder or an IDX/npy array, becomes a float32
 [C, H, W] array in [0, 1] through `image_to_array`, so a score computed by
-`vigil evaluate` and one computed by the service agree to float precision.
+`vigil evaluate` and one computed by the service are the same float.
 """
 
 from __future__ import annotations

@@ -107,6 +107,35 @@ def test_onnx_runtime_matches_torch_eager(batch: int, tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [{"kind": "vae"}, {"kind": "ae", "channels": 3, "height": 27, "width": 27, "latent_dim": 10}],
+    ids=["vae-28x28-L", "ae-27x27-RGB-latent10"],
+)
+def test_exported_scores_do_not_depend_on_the_batch(cfg: dict[str, object], tmp_path: Path) -> None:
+    """Bit for bit: an image's scores alone equal its scores at any position in any batch."""
+    from training.export import export_onnx
+    from training.models import AutoEncoder, ModelConfig
+    from training.scores import ScoreGraph
+
+    torch.manual_seed(0)
+    config = ModelConfig(**cfg)  # type: ignore[arg-type]
+    graph = ScoreGraph(AutoEncoder(config).eval())
+    shape = (config.channels, config.height, config.width)
+    with torch.no_grad():
+        graph.fit_latent_density(torch.randn(300, config.latent_dim))
+        graph.fit_standardisation(graph.raw_scores(torch.rand(32, *shape))[0])
+    names = export_onnx(graph, tmp_path / "model.onnx")
+    session = create_session(tmp_path / "model.onnx", ["CPUExecutionProvider"])
+    x = np.random.default_rng(1).random((13, *shape), dtype=np.float32)
+    alone = [run(session, x[i : i + 1], names) for i in range(len(x))]
+    for start, stop in [(0, 13), (0, 5), (3, 13), (6, 8)]:
+        batch = run(session, x[start:stop], names)
+        for i in range(start, stop):
+            for name in names:
+                assert np.array_equal(batch[name][i - start], alone[i][name][0]), (name, i)
+
+
 def test_judge_verdicts_follow_thresholds_and_p_values(vae_bundle: Path) -> None:
     manifest, model_path = load_bundle(vae_bundle)
     judge = Judge(manifest)

@@ -32,6 +32,7 @@ BLUR_SIGMA = 1.0
 KNN_K = 5
 KNN_BANK = 4096  # at most this many training codes are kept for knn (4096 x latent_dim floats)
 COMBINED = ("blurred", "ssim", "mahalanobis", "knn")
+ROW_FLOATS = 16  # a whole number of SIMD packets for every CPU build (SSE 4 ... AVX-512 16)
 
 
 def gaussian_kernel(size: int, sigma: float) -> Tensor:
@@ -63,6 +64,29 @@ class GaussianBlur(nn.Module):
         groups = self.rows.shape[0]
         padded = F.pad(t, [self.pad] * 4, mode="reflect")
         return F.conv2d(F.conv2d(padded, self.rows, groups=groups), self.cols, groups=groups)
+
+
+def packed_rows(t: Tensor, fill: float = 0.0) -> Tensor:
+    """[N, ...] -> [N, M]: each image's values in a row, padded with `fill` to a multiple of 16.
+
+    Why: ONNX Runtime's CPU kernels run reductions and transcendental functions (Log, Exp)
+    in SIMD packets and a buffer's remainder in scalar code that rounds differently. When a
+    row is not a whole number of packets, which of its values land in the remainder depends
+    on its position in the batch, and the last bit of a score would depend on which other
+    images shared its batch. Whole-packet rows get the same bits alone or batched.
+    """
+    flat = t.flatten(1)
+    extra = -flat.shape[1] % ROW_FLOATS
+    return F.pad(flat, [0, extra], value=fill) if extra else flat
+
+
+def row_sum(t: Tensor) -> Tensor:
+    """The sum of each image's values [N], independent of the batch (see `packed_rows`)."""
+    return packed_rows(t).sum(1)
+
+
+def row_mean(t: Tensor) -> Tensor:
+    return row_sum(t) / t[0].numel()
 
 
 def odd_window(size: int, height: int, width: int) -> int:
@@ -128,27 +152,32 @@ class ScoreGraph(nn.Module):
         sq = (x - x_hat).pow(2)
         centred = mu - self.latent_mean
         scores = {
-            "reconstruction": sq.flatten(1).mean(1),
-            "blurred": self.error_blur(x - x_hat).pow(2).flatten(1).mean(1),
-            "ssim": 1.0 - ssim_map(x, x_hat, self.ssim_blur).flatten(1).mean(1),
-            "mahalanobis": (centred @ self.latent_precision * centred).sum(1) / mu.shape[1],
+            "reconstruction": row_mean(sq),
+            "blurred": row_mean(self.error_blur(x - x_hat).pow(2)),
+            "ssim": 1.0 - row_mean(ssim_map(x, x_hat, self.ssim_blur)),
+            "mahalanobis": row_mean(centred @ self.latent_precision * centred),
             "knn": self.knn_distance(mu),
         }
         if logvar is not None:
-            scores["kl"] = kl_divergence(mu, logvar)
+            # kl_divergence on zero-padded rows: a padded (0, 0) adds exactly 0
+            scores["kl"] = kl_divergence(packed_rows(mu), packed_rows(logvar))
         return scores, sq.mean(1, keepdim=True), x_hat, mu
 
     def knn_distance(self, mu: Tensor) -> Tensor:
         """Mean distance to the KNN_K nearest training codes (matmul + TopK: exportable)."""
         q = mu / self.knn_scale
-        d2 = (q * q).sum(1, keepdim=True) - 2.0 * q @ self.knn_bank.T + self.knn_bank_sq
+        d2 = row_sum(q * q)[:, None] - 2.0 * q @ self.knn_bank.T + self.knn_bank_sq
         k = min(KNN_K, int(self.knn_bank.shape[0]))  # a Python int: a constant in the graph
         nearest = torch.topk(d2, k, dim=1, largest=False).values
-        return nearest.clamp_min(0.0).sqrt().mean(1)
+        return row_mean(nearest.clamp_min(0.0).sqrt())
+
+    def log_scores(self, scores: dict[str, Tensor]) -> Tensor:
+        """[N, len(COMBINED)] logs of the combined scores, in whole-packet rows."""
+        stacked = packed_rows(torch.stack([scores[n] for n in COMBINED], dim=1), fill=1.0)
+        return torch.log(stacked + LOG_EPS)[:, : len(COMBINED)]
 
     def combine(self, scores: dict[str, Tensor]) -> Tensor:
-        logs = torch.stack([torch.log(scores[n] + LOG_EPS) for n in COMBINED], dim=1)
-        return ((logs - self.log_mean) / self.log_std).mean(1)
+        return row_mean((self.log_scores(scores) - self.log_mean) / self.log_std)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         scores, error_map, x_hat, mu = self.raw_scores(x)
@@ -176,6 +205,6 @@ class ScoreGraph(nn.Module):
 
     @torch.no_grad()
     def fit_standardisation(self, scores: dict[str, Tensor]) -> None:
-        logs = torch.stack([torch.log(scores[n] + LOG_EPS) for n in COMBINED], dim=1)
+        logs = self.log_scores(scores)
         self.log_mean.copy_(logs.mean(0))
         self.log_std.copy_(logs.std(0).clamp_min(1e-6))
