@@ -130,6 +130,24 @@ async def test_inference_errors_reach_every_waiter() -> None:
     await asyncio.gather(batcher.close(), fine.close())
 
 
+async def test_a_crashed_inference_thread_fails_waiters_instead_of_hanging() -> None:
+    class Crash(BaseException):
+        pass
+
+    def crash(batch: np.ndarray, with_map: bool) -> Outputs:
+        raise Crash
+
+    batcher = Batcher(crash, max_batch=2)
+    batcher.start()
+    results = await asyncio.wait_for(
+        asyncio.gather(*(batcher.score([image(i)]) for i in range(3)), return_exceptions=True), 5
+    )
+    assert all(isinstance(r, BatcherClosed) for r in results)
+    with pytest.raises(BatcherClosed):
+        await batcher.score([image(0)])
+    await asyncio.wait_for(batcher.close(), 5)
+
+
 async def test_batching_off_runs_each_request_directly() -> None:
     fake = FakeModel()
     batcher = Batcher(fake, max_batch=4, enabled=False, max_request=10)
