@@ -11,7 +11,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from service.bundle import InputSpec
 
@@ -26,7 +26,8 @@ class ImageError(ValueError):
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode encoded image bytes, refusing decompression bombs before decoding pixels.
+    """Decode encoded image bytes, refusing decompression bombs before decoding pixels, and
+    turn the image upright by its EXIF orientation.
 
     `Image.open` reads only the header, so the pixel count is checked before `load()`
     allocates anything.
@@ -54,7 +55,19 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow signals truncated or corrupt data with OSError / SyntaxError.
         raise ImageError("corrupt_image", f"the image could not be decoded: {exc}") from exc
-    return image
+    return _upright(image)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation, as image viewers do (phone and camera JPEGs carry one).
+
+    Unreadable EXIF is metadata, not pixels: such an image is scored as stored.
+    """
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except (OSError, SyntaxError, ValueError, TypeError):
+        return image
+    return image if orientation == 1 else ImageOps.exif_transpose(image)
 
 
 def image_to_array(image: Image.Image, spec: InputSpec) -> np.ndarray:

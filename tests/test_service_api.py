@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -70,6 +71,13 @@ async def test_probes(vae: httpx.AsyncClient, vae_bundle: Path) -> None:
         "version": manifest.version,
         "sha256": manifest.onnx.sha256,
     }
+
+
+async def test_switch_interval_is_set_while_serving_and_restored(vae_bundle: Path) -> None:
+    before = sys.getswitchinterval()
+    async with serving(make_settings(vae_bundle, switch_interval_ms=0.25)):
+        assert sys.getswitchinterval() == pytest.approx(0.00025)
+    assert sys.getswitchinterval() == before
 
 
 async def test_not_ready_until_loaded_and_warmed(
@@ -200,6 +208,22 @@ async def test_rgb_into_grayscale_equals_converted(vae: httpx.AsyncClient) -> No
     assert (await score_one(vae, encode(colour)))["scores"] == (
         await score_one(vae, encode(converted))
     )["scores"]
+
+
+@pytest.mark.parametrize(("orientation", "turns"), [(3, 2), (6, 1), (8, 3)])
+async def test_exif_orientation_is_applied(
+    vae: httpx.AsyncClient, orientation: int, turns: int
+) -> None:
+    """A photo stored sideways with an EXIF orientation scores like the upright image."""
+    upright = blob()
+    upright[:8] = 255  # not symmetric under rotation
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(np.rot90(upright, turns)).save(buffer, format="PNG", exif=exif)
+    stored = await score_one(vae, buffer.getvalue())
+    assert stored["scores"] == (await score_one(vae, encode(upright)))["scores"]
+    assert stored["scores"] != (await score_one(vae, encode(np.rot90(upright, turns))))["scores"]
 
 
 async def test_raw_body_upload(vae: httpx.AsyncClient) -> None:
