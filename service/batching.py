@@ -138,6 +138,8 @@ class Batcher:
         now = time.perf_counter()
         futures: list[asyncio.Future[Row]] = [loop.create_future() for _ in arrays]
         with self._ready:
+            if self._closing:  # checked under the lock: the thread may have just stopped
+                raise BatcherClosed(f"the batcher of {self.name} is not running")
             self._pending.extend(
                 _Item(array, with_map, future, now)
                 for array, future in zip(arrays, futures, strict=True)
