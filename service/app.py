@@ -17,6 +17,7 @@ This module and everything it imports never import torch.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -168,6 +169,18 @@ def _too_large(limit: int, why: str) -> ApiError:
     return ApiError(413, "body_too_large", f"the request body is over {limit} bytes ({why})")
 
 
+def _freeze_startup_objects() -> None:
+    """Move everything alive after start-up out of the cyclic GC's reach (gc.freeze).
+
+    The libraries and the model leave ~75,000 long-lived objects that every full
+    collection would scan again: under load that was a 15-35 ms pause every few seconds,
+    which all requests in flight wait out (the p99.9). Frozen objects are still freed by
+    reference counting; only cycles among them would stay.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class Service:
     """What the lifespan drives: the model holder, start-up load, SIGHUP reloads."""
 
@@ -186,6 +199,7 @@ class Service:
         except ModelError:
             pass  # logged by the holder; /readyz answers 503 with the reason
         finally:
+            _freeze_startup_objects()
             self.holder.first_load.set()
 
     async def reload(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
 import sys
 import threading
@@ -73,10 +74,14 @@ async def test_probes(vae: httpx.AsyncClient, vae_bundle: Path) -> None:
     }
 
 
-async def test_switch_interval_is_set_while_serving_and_restored(vae_bundle: Path) -> None:
+async def test_process_tuning_while_serving(vae_bundle: Path) -> None:
+    """The switch interval is set while serving (and restored); start-up objects are frozen
+    out of the cyclic GC once the model is loaded."""
     before = sys.getswitchinterval()
+    gc.unfreeze()
     async with serving(make_settings(vae_bundle, switch_interval_ms=0.25)):
         assert sys.getswitchinterval() == pytest.approx(0.00025)
+        assert gc.get_freeze_count() > 1000
     assert sys.getswitchinterval() == before
 
 
