@@ -13,7 +13,9 @@ With batching off, each request's images run as they come (in chunks of at most
 `max_batch`), still off the event loop.
 
 The graph scores each image independently and is exported batch-invariant (see
-`training.scores.packed_rows`), so a batched result equals the unbatched one bit for bit.
+`training.scores.packed_rows`), so on the CPU provider a batched result equals the
+unbatched one bit for bit (the tests assert it). On CUDA, cuDNN may pick convolution
+algorithms per batch shape: expect agreement to float precision there (unmeasured).
 """
 
 from __future__ import annotations
@@ -84,10 +86,16 @@ class Batcher:
         self._pending: deque[_Item] = deque()
         self._ready = threading.Condition(threading.Lock())
         self._closing = False
+        self._crashed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None  # batching off
+
+    @property
+    def failed(self) -> bool:
+        """Whether the inference thread died (a bug): nothing will be scored any more."""
+        return self._crashed
 
     @property
     def shapes(self) -> range:
@@ -159,7 +167,7 @@ class Batcher:
         except BaseException:  # a bug, not a bad batch (`_execute` answers those): stop serving
             log.exception("the inference thread of %s stopped", self.name)
             with self._ready:
-                self._closing = True
+                self._closing = self._crashed = True
                 left = [*(items or []), *self._pending]
                 self._pending.clear()
             self._call_soon(self._fail, left, BatcherClosed("the inference thread stopped"))
@@ -228,6 +236,8 @@ class Batcher:
     ) -> list[Row]:
         rows: list[Row] = []
         for start in range(0, len(arrays), self.max_batch):
+            if self._closing:  # closed between two chunks of this request
+                raise BatcherClosed(f"the batcher of {self.name} is not running")
             chunk = list(arrays[start : start + self.max_batch])
             queued = time.perf_counter()
             outputs, started, seconds = await loop.run_in_executor(

@@ -39,6 +39,24 @@ class ModelError(ApiError):
     """A bundle that could not be loaded (or no model to serve), with its API status and code."""
 
 
+class SessionRunner:
+    """One session call for the batcher (blocking; runs in its inference thread).
+
+    It holds the session, not the LoadedModel: a model retired by a reload is freed by
+    reference counting alone, without waiting for (or escaping) the cyclic GC.
+    """
+
+    def __init__(self, session: ort.InferenceSession, score_names: list[str]) -> None:
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.outputs = (score_names, [*score_names, ERROR_MAP_OUTPUT])
+
+    def __call__(self, batch: np.ndarray, with_map: bool) -> Outputs:
+        names = self.outputs[with_map]
+        values = self.session.run(names, {self.input_name: batch})
+        return dict(zip(names, values, strict=True))
+
+
 @dataclass(eq=False)
 class LoadedModel:
     path: Path
@@ -54,18 +72,10 @@ class LoadedModel:
     retired: bool = False
 
     def __post_init__(self) -> None:
-        self.input_name = self.session.get_inputs()[0].name
         self.score_names = list(self.manifest.scores)
-        self._outputs = (self.score_names, [*self.score_names, ERROR_MAP_OUTPUT])
         m = self.manifest
         # What responses name the model by (schemas.ModelRef).
         self.ref = {"name": m.name, "version": m.version, "sha256": m.onnx.sha256}
-
-    def infer(self, batch: np.ndarray, with_map: bool) -> Outputs:
-        """One session call (blocking; runs in the batcher's inference thread)."""
-        names = self._outputs[with_map]
-        values = self.session.run(names, {self.input_name: batch})
-        return dict(zip(names, values, strict=True))
 
     def info_labels(self) -> tuple[str, str, str, str]:
         m = self.manifest
@@ -148,7 +158,7 @@ def load_model(path: Path, settings: Settings, observer: BatchObserver | None) -
         provider=provider,
         target_fpr=target_fpr,
         batcher=Batcher(
-            lambda batch, with_map: model.infer(batch, with_map),
+            SessionRunner(session, list(manifest.scores)),
             max_batch=settings.max_batch,
             max_wait_s=settings.max_wait_s,
             enabled=settings.batching,
@@ -238,6 +248,10 @@ class ModelHolder:
         model = self.current
         if model is None:
             raise ModelError(503, "not_ready", self.not_ready)
+        if model.batcher.failed:
+            raise ModelError(
+                503, "not_ready", "the inference thread stopped (see the log); reload the model"
+            )
         return model
 
     def acquire(self) -> LoadedModel:

@@ -310,3 +310,23 @@ def test_model_holder_starts_empty(vae_bundle: Path) -> None:
     holder = ModelHolder(make_settings(vae_bundle), Metrics())
     with pytest.raises(Exception, match="loading"):
         holder.require()
+
+
+async def test_a_dead_inference_thread_fails_readiness(vae_bundle: Path) -> None:
+    """A bug that kills the inference thread: 503 for requests and /readyz, not a hang."""
+
+    class Crash(BaseException):
+        pass
+
+    def crash(batch: np.ndarray, with_map: bool) -> dict[str, np.ndarray]:
+        raise Crash
+
+    async with serving(make_settings(vae_bundle)) as (app, client):
+        model = service_of(app).holder.current
+        assert model is not None
+        model.batcher.infer = crash
+        response = await client.post("/score", files=files(("a.png", GOOD)))
+        assert response.status_code == 503
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert "inference thread" in ready.json()["error"]["message"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -164,6 +166,22 @@ async def test_reload_without_body_reloads_the_current_path(models: Path) -> Non
         )
         assert absolute.status_code == 200
         assert read_manifest(models / "b").name == await ready_model(client)
+
+
+async def test_a_retired_model_is_freed(models: Path) -> None:
+    """After a reload the old model and its session are released (no cycle, nothing frozen)."""
+    async with serving(settings_for(models, max_batch=2)) as (app, client):  # type: ignore[arg-type]
+        holder = service_of(app).holder
+        old_model = weakref.ref(holder.current)
+        old_session = weakref.ref(holder.current.session)  # type: ignore[union-attr]
+        assert (await client.post("/admin/reload", headers=AUTH)).status_code == 200
+        assert (await client.post("/score", files=files(("a.png", GOOD)))).status_code == 200
+        for _ in range(50):  # the old batcher closes in the background
+            await asyncio.sleep(0.02)
+            gc.collect()
+            if old_model() is None and old_session() is None:
+                break
+        assert old_model() is None and old_session() is None
 
 
 @pytest.mark.parametrize("token", [None, "", "   "])

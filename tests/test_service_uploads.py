@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from service.errors import ApiError
-from service.routes.uploads import _FormReader, _parser, _split_form
+from service.routes.uploads import _FormReader, _parser, _split_form, read_uploads
 
 B = b"b0undary"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) + b"\r\n--b0und\r\n\r\n-- not a delimiter"
@@ -58,6 +58,12 @@ BODIES: dict[str, tuple[bytes, bool]] = {  # body, whether the splitter must tak
     "no headers": (form(b"\r\nxx"), False),
     "header without colon": (form(b"Content-Disposition form-data\r\n\r\nxx"), False),
     "empty": (b"", False),
+    "nine headers": (form(part(extra=b"".join(b"X-%d: y\r\n" % i for i in range(8)))), False),
+    "5,000-byte header": (form(part(extra=b"X-Pad: " + b"y" * 5000 + b"\r\n")), False),
+    "too many files, nine headers on the third": (
+        form(part(), part(), part(extra=b"".join(b"X-%d: y\r\n" % i for i in range(8)))),
+        False,
+    ),
 }
 
 
@@ -110,3 +116,23 @@ def test_split_form_agrees_on_mutated_bodies() -> None:
             taken += 1
             assert fast == outcome(lambda b=bytes(body): streamed(b, 2)), bytes(body)
     assert taken > 500  # the comparison ran on many bodies
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_an_overlong_boundary_is_a_400_not_a_crash() -> None:
+    boundary = b"x" * 300
+    body = b"--" + boundary + b"\r\n" + part() + b"\r\n--" + boundary + b"--\r\n"
+    headers = [(b"content-type", b"multipart/form-data; boundary=" + boundary)]
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    assert _split_form(body, boundary, 2) is None  # python-multipart's limit decides
+    with pytest.raises(ApiError) as caught:
+        await read_uploads(headers, receive, 2)  # type: ignore[arg-type]
+    assert (caught.value.status, caught.value.code) == (400, "invalid_multipart")

@@ -73,7 +73,8 @@ def packed_rows(t: Tensor, fill: float = 0.0) -> Tensor:
     in SIMD packets and a buffer's remainder in scalar code that rounds differently. When a
     row is not a whole number of packets, which of its values land in the remainder depends
     on its position in the batch, and the last bit of a score would depend on which other
-    images shared its batch. Whole-packet rows get the same bits alone or batched.
+    images shared its batch. Whole-packet rows get the same bits alone or batched (CPU
+    provider; on CUDA, cuDNN's per-shape algorithm choice may still differ in the last bit).
     """
     flat = t.flatten(1)
     extra = -flat.shape[1] % ROW_FLOATS

@@ -8,7 +8,8 @@ enforced as each part's headers arrive, before its data is read.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,15 +19,22 @@ from service.errors import ApiError
 
 try:
     import python_multipart as multipart
+    from python_multipart import multipart as _parser_module
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import parse_options_header
 except ModuleNotFoundError:  # python-multipart < 0.0.13 names its module `multipart`
     import multipart  # type: ignore[no-redef]
+    from multipart import multipart as _parser_module  # type: ignore[no-redef]
     from multipart.exceptions import FormParserError  # type: ignore[no-redef]
     from multipart.multipart import parse_options_header  # type: ignore[no-redef]
 
 FIELD = "files"
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RFC 9110)
+# python-multipart's own limits (recent versions): bodies at them go to the parser.
+_NO_LIMIT = 1 << 62
+_MAX_BOUNDARY = getattr(_parser_module, "MAX_BOUNDARY_LENGTH", _NO_LIMIT)
+_MAX_PART_HEADERS = getattr(_parser_module, "DEFAULT_MAX_HEADER_COUNT", _NO_LIMIT)
+_MAX_HEADER_LINE = getattr(_parser_module, "DEFAULT_MAX_HEADER_SIZE", _NO_LIMIT)
 RAW_TYPES = (b"image/", b"application/octet-stream")
 MAX_OTHER_FIELDS = 32
 
@@ -231,32 +239,38 @@ async def _chunks(first: Message, receive: Receive) -> AsyncIterator[bytes]:
 
 def _parser(boundary: bytes, reader: _FormReader) -> Callable[[bytes | None], None]:
     """python-multipart feeding `reader`: call it with each chunk, then with None at the end."""
-    parser = multipart.MultipartParser(boundary, reader.callbacks())
+    with _malformed():
+        parser = multipart.MultipartParser(boundary, reader.callbacks())  # checks the boundary
 
     def feed(chunk: bytes | None) -> None:
-        try:
+        with _malformed():
             if chunk is None:
                 parser.finalize()
             else:
                 parser.write(chunk)
-        except FormParserError as exc:
-            raise ApiError(
-                400, "invalid_multipart", f"the multipart body is malformed: {exc}"
-            ) from exc
 
     return feed
+
+
+@contextmanager
+def _malformed() -> Iterator[None]:
+    try:
+        yield
+    except FormParserError as exc:
+        raise ApiError(400, "invalid_multipart", f"the multipart body is malformed: {exc}") from exc
 
 
 def _split_form(body: bytes, boundary: bytes, max_files: int) -> _FormReader | None:
     """A complete multipart body in its plainest form, split without a state machine.
 
     Plainest form: no preamble, each part's headers one `name: value` per line, and each
-    delimiter followed by CRLF or by the closing `--`. Anything else returns None and goes
-    to python-multipart, so odd bodies get its answer; the tests hold the two to the same
-    results. About 6x cheaper than the parser for a one-file body.
+    delimiter followed by CRLF or by the closing `--`, all within python-multipart's
+    limits. Anything else returns None and goes to python-multipart, so odd bodies get its
+    answer; the tests hold the two to the same results. About 6x cheaper than the parser
+    for a one-file body.
     """
     delimiter = b"--" + boundary
-    if not body.startswith(delimiter + b"\r\n"):
+    if len(boundary) >= _MAX_BOUNDARY or not body.startswith(delimiter + b"\r\n"):
         return None
     separator = b"\r\n" + delimiter
     reader = _FormReader(max_files)
@@ -270,10 +284,15 @@ def _split_form(body: bytes, boundary: bytes, max_files: int) -> _FormReader | N
         if data_end < 0:
             return None
         reader.on_part_begin()
-        for line in body[start:head_end].split(b"\r\n"):
+        lines = body[start:head_end].split(b"\r\n")
+        if len(lines) >= _MAX_PART_HEADERS:
+            return None
+        for line in lines:
             name, colon, value = line.partition(b":")
             if not colon or _TOKEN.fullmatch(name) is None or b"\r" in value or b"\n" in value:
                 return None  # folded, malformed or oddly spaced header: let the parser judge
+            if len(line) >= _MAX_HEADER_LINE:
+                return None
             reader.header(name, value.lstrip(b" \t"))
         reader.on_headers_finished()
         if reader.wants_data:
