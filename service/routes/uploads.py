@@ -1,8 +1,10 @@
 """Reading a /score request body: multipart files in the field `files`, or one raw image.
 
-The multipart body is parsed while it streams in, straight into memory (the body size is
-capped by the request guard, so nothing is spooled to disk), and the file count is
-enforced as each part's headers arrive, before its data is read.
+A multipart body that arrives in one piece and has the plainest form (the common case for
+images of a few KB) is split directly (`_split_form`); any other body is parsed by
+python-multipart while it streams in, straight into memory (the body size is capped by
+the request guard, so nothing is spooled to disk), with the file count enforced as each
+part's headers arrive, before its data is read. Both give the same answers.
 """
 
 from __future__ import annotations
