@@ -18,10 +18,8 @@ Needs `hey` (Debian: apt-get install hey). Writes benchmarks/results/bad_input.j
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 import zlib
@@ -34,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import save, table
-from benchmarks.serve_speed import BOUNDARY, free_port, multipart, start, test_pngs
+from benchmarks.serve_speed import BOUNDARY, free_port, hey, multipart, start, test_pngs
 
 CONCURRENCY = 32
 
@@ -64,17 +62,6 @@ def bad_bodies(good: bytes) -> dict[str, tuple[bytes, int]]:
     }
 
 
-def load(port: int, body: Path, requests: int) -> dict[str, Any]:
-    cmd = ["hey", "-n", str(requests), "-c", str(CONCURRENCY), "-m", "POST", "-t", "30",
-           "-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body),
-           f"http://127.0.0.1:{port}/score"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    lat = {m.group(1): float(m.group(2)) * 1000 for m in re.finditer(r"(\d+)%+ in ([\d.]+) secs", out)}  # fmt: skip
-    codes = {int(k): int(v) for k, v in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
-    return {"req_s": rps, "p50_ms": lat.get("50"), "p99_ms": lat.get("99"), "codes": codes}
-
-
 def rss_mib(pid: int) -> float:
     """The server's resident memory (Linux): a leak per bad request would show here."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -99,7 +86,7 @@ def main() -> None:
         port = free_port()
         proc = start("vigil", args.bundle, port)
         try:
-            load(port, good_body, 512)  # warm-up
+            hey(port, good_body, 512, CONCURRENCY)  # warm-up
             # good throughput: 3 runs before and 3 after, so drift shows as spread
             phases = [(f"good, before ({i})", good_body, 200, n_good) for i in (1, 2, 3)]
             for flood in (1, 2):  # twice: a leak keeps growing, a high-water mark does not
@@ -109,7 +96,7 @@ def main() -> None:
                     phases.append((f"{name}, flood {flood}", path, status, n_bad))
             phases += [(f"good, after ({i})", good_body, 200, n_good) for i in (1, 2, 3)]
             for name, path, status, count in phases:
-                result = load(port, path, count)
+                result = hey(port, path, count, CONCURRENCY)
                 rows.append({"phase": name, "expected": status, **result, "rss_mib": rss_mib(proc.pid)})  # fmt: skip
         finally:
             proc.terminate()

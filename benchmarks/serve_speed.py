@@ -132,7 +132,8 @@ def start(name: str, bundle: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def hey(port: int, body: Path, requests: int, concurrency: int) -> dict[str, float]:
+def hey(port: int, body: Path, requests: int, concurrency: int) -> dict[str, Any]:
+    """One `hey` run: req/s, p50/p99 in ms, responses per status code, and non-200 count."""
     cmd = ["hey", "-n", str(requests), "-c", str(concurrency), "-m", "POST", "-t", "30",
            "-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body),
            f"http://127.0.0.1:{port}/score"]  # fmt: skip
@@ -141,13 +142,13 @@ def hey(port: int, body: Path, requests: int, concurrency: int) -> dict[str, flo
     lat = {
         m.group(1): float(m.group(2)) * 1000 for m in re.finditer(r"(\d+)%+ in ([\d.]+) secs", out)
     }
-    codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
-    errors = requests - int(codes.get("200", 0))
+    codes = {int(k): int(v) for k, v in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
     return {
         "req_s": rps,
         "p50_ms": lat.get("50", float("nan")),
         "p99_ms": lat.get("99", float("nan")),
-        "errors": errors,
+        "errors": requests - codes.get(200, 0),
+        "codes": codes,
     }
 
 

@@ -88,7 +88,6 @@ class Batcher:
         self._closing = False
         self._crashed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None  # batching off
 
@@ -119,10 +118,9 @@ class Batcher:
         self._loop = asyncio.get_running_loop()
         if self.enabled:
             self._stopped = self._loop.create_future()
-            self._thread = threading.Thread(
+            threading.Thread(
                 target=self._work, name=f"vigil-infer-{self.name}", daemon=True
-            )
-            self._thread.start()
+            ).start()
         else:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"vigil-infer-{self.name}")
 

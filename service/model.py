@@ -28,7 +28,7 @@ from service.bundle import ERROR_MAP_OUTPUT, BundleError, Manifest, load_bundle
 from service.calibration import CalibrationError
 from service.errors import ApiError
 from service.metrics import Metrics, score_buckets
-from service.runtime import ProviderError, create_session
+from service.runtime import ProviderError, create_session, run
 from service.scoring import Judge
 from service.settings import Settings
 
@@ -48,13 +48,10 @@ class SessionRunner:
 
     def __init__(self, session: ort.InferenceSession, score_names: list[str]) -> None:
         self.session = session
-        self.input_name = session.get_inputs()[0].name
         self.outputs = (score_names, [*score_names, ERROR_MAP_OUTPUT])
 
     def __call__(self, batch: np.ndarray, with_map: bool) -> Outputs:
-        names = self.outputs[with_map]
-        values = self.session.run(names, {self.input_name: batch})
-        return dict(zip(names, values, strict=True))
+        return run(self.session, batch, self.outputs[with_map])
 
 
 @dataclass(eq=False)
