@@ -46,13 +46,12 @@ RUN case "${RUNTIME}" in cpu|gpu) ;; *) echo "RUNTIME must be cpu or gpu, not '$
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# The package itself. training/ is copied only because the `vigil` console script
-# lives in training/cli.py (it imports torch lazily, for the training commands).
+# The package itself. vigil/training is copied with the rest, but only the training
+# commands import it (and torch), which this image never runs.
 # Every requirement is already installed, so this adds the package and nothing else;
 # the last command fails the build if torch found its way in anyway.
 COPY README.md ./
-COPY service/ service/
-COPY training/ training/
+COPY vigil/ vigil/
 # DL3013 (pin versions): this installs the local project; its requirements, with
 # their bounds from pyproject.toml, were installed by the layer above.
 # hadolint ignore=DL3013

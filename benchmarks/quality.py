@@ -26,9 +26,9 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import save, table
-from training.data import read_images, split_indices
-from training.evaluate import evaluate_bundle, one_class_split
-from training.pipeline import TrainConfig, normal_images, run
+from vigil.training.data import read_images, split_indices
+from vigil.training.evaluate import evaluate_bundle, one_class_split
+from vigil.training.pipeline import TrainConfig, normal_images, run
 
 
 def vigil(k: int, root: Path) -> dict[str, Any]:

@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import save, table
-from service.bundle import load_bundle
-from service.runtime import create_session, run
-from training.data import read_images
+from vigil.core.bundle import load_bundle
+from vigil.core.runtime import create_session, run
+from vigil.training.data import read_images
 
 BOUNDARY = "vigilbenchboundary"
 UVICORN = [
@@ -89,7 +89,7 @@ def start(name: str, bundle: Path, port: int) -> subprocess.Popen[bytes]:
         cmd = [
             sys.executable,
             "-m",
-            "training.cli",
+            "vigil.cli",
             "serve",
             "--bundle",
             str(bundle),

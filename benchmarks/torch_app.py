@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from fastapi import FastAPI, UploadFile
 
-from service.bundle import read_manifest
-from service.preprocess import decode_image, image_to_array
-from training.models import AutoEncoder, ModelConfig
-from training.scores import ScoreGraph
+from vigil.core.bundle import read_manifest
+from vigil.core.preprocess import decode_image, image_to_array
+from vigil.training.models import AutoEncoder, ModelConfig
+from vigil.training.scores import ScoreGraph
 
 manifest = read_manifest(Path(os.environ["VIGIL_BUNDLE"]))
 spec = manifest.input

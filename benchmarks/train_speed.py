@@ -19,10 +19,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import save, table
-from training.data import infer_spec, read_images, split_indices, to_inputs
-from training.models import AutoEncoder, ModelConfig
-from training.pipeline import TrainConfig
-from training.train import FitConfig, fit
+from vigil.training.data import infer_spec, read_images, split_indices, to_inputs
+from vigil.training.models import AutoEncoder, ModelConfig
+from vigil.training.pipeline import TrainConfig
+from vigil.training.train import FitConfig, fit
 
 
 def epoch_speed(kind: str, normal_class: int, epochs: int) -> dict[str, float | str]:
@@ -50,7 +50,7 @@ def epoch_speed(kind: str, normal_class: int, epochs: int) -> dict[str, float | 
 
 def default_run(normal_class: int) -> dict[str, float | str]:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "training.cli", "train", "--data", "fashion-mnist",
+        cmd = [sys.executable, "-m", "vigil.cli", "train", "--data", "fashion-mnist",
                "--normal-class", str(normal_class), "--model", "vae", "--out", f"{tmp}/bundle"]  # fmt: skip
         started = time.perf_counter()
         subprocess.run(

@@ -7,9 +7,9 @@ import onnx
 import pytest
 import torch
 
-from service.bundle import BundleError, Manifest, load_bundle, read_manifest, write_manifest
-from service.runtime import create_session, run
-from service.scoring import Judge
+from vigil.core.bundle import BundleError, Manifest, load_bundle, read_manifest, write_manifest
+from vigil.core.runtime import create_session, run
+from vigil.core.verdicts import Judge
 
 
 @pytest.fixture
@@ -85,9 +85,9 @@ def test_onnx_graph_is_valid_with_opset_at_least_17(vae_bundle: Path) -> None:
 
 @pytest.mark.parametrize("batch", [1, 64])
 def test_onnx_runtime_matches_torch_eager(batch: int, tmp_path: Path) -> None:
-    from training.export import export_onnx
-    from training.models import AutoEncoder, ModelConfig
-    from training.scores import ScoreGraph
+    from vigil.training.export import export_onnx
+    from vigil.training.models import AutoEncoder, ModelConfig
+    from vigil.training.scores import ScoreGraph
 
     torch.manual_seed(0)
     model = AutoEncoder(ModelConfig(kind="vae", latent_dim=8)).eval()
@@ -114,9 +114,9 @@ def test_onnx_runtime_matches_torch_eager(batch: int, tmp_path: Path) -> None:
 )
 def test_exported_scores_do_not_depend_on_the_batch(cfg: dict[str, object], tmp_path: Path) -> None:
     """Bit for bit: an image's scores alone equal its scores at any position in any batch."""
-    from training.export import export_onnx
-    from training.models import AutoEncoder, ModelConfig
-    from training.scores import ScoreGraph
+    from vigil.training.export import export_onnx
+    from vigil.training.models import AutoEncoder, ModelConfig
+    from vigil.training.scores import ScoreGraph
 
     torch.manual_seed(0)
     config = ModelConfig(**cfg)  # type: ignore[arg-type]

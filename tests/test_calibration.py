@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from service import calibration as cal
+from vigil.core import calibration as cal
 
 
 def test_p_values_are_conformal_ranks() -> None:

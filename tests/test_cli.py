@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import make_blobs
 from PIL import Image
+from vigil.cli import main
 
-from service.bundle import load_bundle, read_manifest
-from training.cli import main
+from vigil.core.bundle import load_bundle, read_manifest
 
 
 def test_train_help_documents_every_flag_with_its_default(
@@ -137,7 +137,7 @@ def test_bad_input_is_one_clear_line_not_a_traceback(
     args: list[str], message: str, tmp_path: Path
 ) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "training.cli", *args],
+        [sys.executable, "-m", "vigil.cli", *args],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -177,7 +177,7 @@ def test_evaluate_all_classes_prints_the_table_with_the_mean(
 
 
 def test_default_epochs_scale_with_the_data_set_size() -> None:
-    from training.pipeline import TrainConfig
+    from vigil.training.pipeline import TrainConfig
 
     cfg = TrainConfig(data="x", out=Path("x"))
     assert cfg.max_epochs(4200) == 30  # Fashion-MNIST class: 66 steps an epoch
@@ -189,7 +189,7 @@ def test_default_epochs_scale_with_the_data_set_size() -> None:
 def test_training_commands_without_torch_say_which_extra_to_install() -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from training.cli import main\n"
+        "from vigil.cli import main\n"
         "sys.exit(main(['train', '--data', 'fashion-mnist', '--out', 'unused']))"
     )
     root = str(Path(__file__).parents[1])

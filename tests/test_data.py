@@ -7,8 +7,8 @@ import pytest
 from conftest import make_blobs
 from PIL import Image
 
-from service.bundle import InputSpec
-from training.data import (
+from vigil.core.bundle import InputSpec
+from vigil.training.data import (
     DataError,
     infer_spec,
     read_idx,

@@ -33,7 +33,7 @@ PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 ALERTS = ROOT / "deploy" / "alerts.yml"
 
 # What the image may copy in, and what the service exports (deploy/alerts.yml header).
-IMAGE_SOURCES = {"pyproject.toml", "README.md", "service", "training"}
+IMAGE_SOURCES = {"pyproject.toml", "README.md", "vigil"}
 METRICS = {
     "vigil_requests_total",
     "vigil_request_duration_seconds",
@@ -193,7 +193,7 @@ def test_dockerfile_runtime_contract(dockerfile: Path) -> None:
     assert _args(ins, "CMD") == ['["vigil", "serve"]']
     # Dependencies are installed from pyproject.toml alone, before the sources arrive.
     order = [kw + " " + rest for kw, rest in ins if kw in {"COPY", "RUN"}]
-    first_source = next(i for i, step in enumerate(order) if "service/" in step)
+    first_source = next(i for i, step in enumerate(order) if "vigil/" in step)
     deps = next(i for i, step in enumerate(order) if "-r /tmp/requirements.txt" in step)
     assert order.index("COPY pyproject.toml ./") < deps < first_source
 
@@ -234,7 +234,7 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_keeps_the_context_small() -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    for path in ("pyproject.toml", "README.md", "service/app.py", "training/cli.py"):
+    for path in ("pyproject.toml", "README.md", "vigil/service/app.py", "vigil/cli.py"):
         assert not _ignored(path, patterns), path
     for path in (
         ".venv/bin/python",
@@ -242,7 +242,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
         "models/default/model.onnx",
         "data/good/0001.png",
         "benchmarks/results/latency.json",
-        "service/__pycache__/app.cpython-311.pyc",
+        "vigil/service/__pycache__/app.cpython-311.pyc",
         ".env",
         "tests/test_deploy.py",
     ):
@@ -250,10 +250,8 @@ def test_dockerignore_keeps_the_context_small() -> None:
 
 
 def test_cli_imports_without_torch() -> None:
-    """The image runs `vigil serve` from training/cli.py without torch installed."""
-    if not (ROOT / "training" / "cli.py").exists():
-        pytest.skip("training/cli.py does not exist yet")
-    code = "import sys; sys.modules['torch'] = None; import training.cli"
+    """The image runs `vigil serve` from vigil/cli.py without torch installed."""
+    code = "import sys; sys.modules['torch'] = None; import vigil.cli"
     _run([sys.executable, "-c", code])
 
 
@@ -490,7 +488,7 @@ def test_promtool_alert_unit_tests(tmp_path: Path) -> None:
 
 
 def test_readme_documents_every_service_setting() -> None:
-    from service.settings import Settings
+    from vigil.service.settings import Settings
 
     readme = (ROOT / "README.md").read_text()
     undocumented = [

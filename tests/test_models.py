@@ -1,9 +1,15 @@
 import pytest
 import torch
 
-from training.models import AutoEncoder, ModelConfig, Output, kl_divergence, reconstruction_loss
-from training.scores import GaussianBlur, ScoreGraph, gaussian_kernel, ssim_map
-from training.train import FitConfig, fit
+from vigil.training.models import (
+    AutoEncoder,
+    ModelConfig,
+    Output,
+    kl_divergence,
+    reconstruction_loss,
+)
+from vigil.training.scores import GaussianBlur, ScoreGraph, gaussian_kernel, ssim_map
+from vigil.training.train import FitConfig, fit
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from service.bundle import (
+from vigil.core.bundle import (
     Calibration,
     InputSpec,
     Manifest,
@@ -24,12 +24,12 @@ from service.bundle import (
     TrainingInfo,
     now,
 )
-from training import report
-from training.data import FASHION_MNIST_CLASSES
-from training.evaluate import Evaluation, evaluate_arrays
-from training.export import export_decoder
-from training.models import AutoEncoder, Kind, ModelConfig
-from training.report import write_report
+from vigil.training import report
+from vigil.training.data import FASHION_MNIST_CLASSES
+from vigil.training.evaluate import Evaluation, evaluate_arrays
+from vigil.training.export import export_decoder
+from vigil.training.models import AutoEncoder, Kind, ModelConfig
+from vigil.training.report import write_report
 
 COMMON = {"training.png", "roc.png", "histograms.png", "examples.png", "latent.png"}
 DECODER_PLOTS = {"samples.png", "interpolation.png", "manifold.png"}

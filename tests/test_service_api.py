@@ -28,9 +28,9 @@ from test_service_support import (
     tshirt,
 )
 
-from service.app import create_app
-from service.bundle import read_manifest
-from service.schemas import KNOWN_SCORES, ModelDescription, ScoreResponse
+from vigil.core.bundle import read_manifest
+from vigil.service.app import create_app
+from vigil.service.schemas import KNOWN_SCORES, ModelDescription, ScoreResponse
 
 pytestmark = pytest.mark.anyio
 Served = tuple[FastAPI, httpx.AsyncClient]
@@ -88,16 +88,16 @@ async def test_process_tuning_while_serving(vae_bundle: Path) -> None:
 async def test_not_ready_until_loaded_and_warmed(
     vae_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import service.model
+    import vigil.service.model
 
     release = threading.Event()
-    real = service.model.load_model
+    real = vigil.service.model.load_model
 
     def slow_load(*args: Any, **kwargs: Any) -> Any:
         release.wait(30)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(service.model, "load_model", slow_load)
+    monkeypatch.setattr(vigil.service.model, "load_model", slow_load)
     app = create_app(make_settings(vae_bundle, max_batch=2))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -288,8 +288,8 @@ async def test_heatmap(vae: httpx.AsyncClient, vae_bundle: Path) -> None:
 
 async def test_parity_with_training_path(vae: httpx.AsyncClient, vae_bundle: Path) -> None:
     """An FMNIST image scored through /score equals training's scoring of the same uint8 image."""
-    from training.calibrate import score_images
-    from training.data import read_images, to_inputs
+    from vigil.training.calibrate import score_images
+    from vigil.training.data import read_images, to_inputs
 
     manifest = read_manifest(vae_bundle)
     images = read_images("fashion-mnist", "test").select(np.arange(0, 60, 6))

@@ -18,10 +18,10 @@ from test_service_support import (
     serving,
 )
 
-from service.batching import Batcher, BatcherClosed, Outputs
-from service.bundle import load_bundle
-from service.preprocess import decode_image, image_to_array
-from service.runtime import create_session, run
+from vigil.core.bundle import load_bundle
+from vigil.core.preprocess import decode_image, image_to_array
+from vigil.core.runtime import create_session, run
+from vigil.service.batching import Batcher, BatcherClosed, Outputs
 
 pytestmark = pytest.mark.anyio
 

@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 from test_service_support import blob, encode, files, make_settings, service_of, serving
 
-from service.model import ModelHolder
+from vigil.service.model import ModelHolder
 
 pytestmark = pytest.mark.anyio
 
@@ -305,7 +305,7 @@ async def test_required_gpu_missing_fails_readiness(vae_bundle: Path) -> None:
 
 
 def test_model_holder_starts_empty(vae_bundle: Path) -> None:
-    from service.metrics import Metrics
+    from vigil.service.metrics import Metrics
 
     holder = ModelHolder(make_settings(vae_bundle), Metrics())
     with pytest.raises(Exception, match="loading"):

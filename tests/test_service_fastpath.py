@@ -23,8 +23,8 @@ from test_service_support import (
     service_of,
 )
 
-from service.app import RequestGuard, create_app
-from service.settings import Settings
+from vigil.service.app import RequestGuard, create_app
+from vigil.service.settings import Settings
 
 pytestmark = pytest.mark.anyio
 

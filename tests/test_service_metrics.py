@@ -20,9 +20,9 @@ from test_service_support import (
     serving,
 )
 
-from service.bundle import read_manifest
-from service.metrics import Metrics, score_buckets
-from service.scoring import Judge
+from vigil.core.bundle import read_manifest
+from vigil.core.verdicts import Judge
+from vigil.service.metrics import Metrics, score_buckets
 
 pytestmark = pytest.mark.anyio
 

@@ -33,9 +33,9 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_service_imports_without_torch() -> None:
     done = run_python(
-        "import service.app, service.cli, service.model, service.batching; "
-        "from training.cli import parser; parser(['serve', '--bundle', 'x']); "
-        "from service.app import create_app; from service.settings import Settings; "
+        "import vigil.service.app, vigil.service.cli, vigil.service.model, vigil.service.batching; "
+        "from vigil.cli import parser; parser(['serve', '--bundle', 'x']); "
+        "from vigil.service.app import create_app; from vigil.service.settings import Settings; "
         "create_app(Settings(bundle='x')); "
         "assert sys.modules['torch'] is None; print('ok')"
     )
@@ -62,7 +62,7 @@ def server(vae_bundle: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[
         VIGIL_PORT="1",  # the flag overrides it
     )
     command = [
-        sys.executable, "-c", NO_TORCH + "from training.cli import main; sys.exit(main())",
+        sys.executable, "-c", NO_TORCH + "from vigil.cli import main; sys.exit(main())",
         "serve", "--bundle", str(vae_bundle), "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     with log.open("w") as out:

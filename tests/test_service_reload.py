@@ -23,7 +23,7 @@ from test_service_support import (
     serving,
 )
 
-from service.bundle import MANIFEST_FILE, read_manifest
+from vigil.core.bundle import MANIFEST_FILE, read_manifest
 
 pytestmark = pytest.mark.anyio
 

@@ -20,8 +20,8 @@ from fastapi import FastAPI
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import Service, create_app
-from service.settings import Settings
+from vigil.service.app import Service, create_app
+from vigil.service.settings import Settings
 
 BASE_URL = "http://vigil.test"
 
@@ -79,7 +79,7 @@ def blob(size: int = 28, channels: int = 1, seed: int = 0) -> np.ndarray:
 
 def tshirt(index: int = 0) -> np.ndarray:
     """A real Fashion-MNIST test T-shirt (class 0, normal for the `vae_bundle`), uint8 28x28."""
-    from training.data import read_images
+    from vigil.training.data import read_images
 
     arrays = read_images("fashion-mnist", "test").of_class(0).arrays
     assert arrays is not None

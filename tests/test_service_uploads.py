@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from service.errors import ApiError
-from service.routes.uploads import _FormReader, _parser, _split_form, read_uploads
+from vigil.service.errors import ApiError
+from vigil.service.routes.uploads import _FormReader, _parser, _split_form, read_uploads
 
 B = b"b0undary"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) + b"\r\n--b0und\r\n\r\n-- not a delimiter"

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.settings import Settings
+from vigil.service.settings import Settings
 
 # flag -> (Settings field, type, help). Every default is None: "take the environment's".
 _FLAGS: dict[str, tuple[str, Any, str]] = {
@@ -101,8 +101,8 @@ def serve(args: argparse.Namespace) -> int:
     """Run the service until SIGTERM / SIGINT; returns the exit status."""
     import uvicorn
 
-    from service.app import create_app
-    from service.bundle import BundleError, load_bundle
+    from vigil.core.bundle import BundleError, load_bundle
+    from vigil.service.app import create_app
 
     try:
         settings = settings_from(args)

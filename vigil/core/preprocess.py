@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from service.bundle import InputSpec
+from vigil.core.bundle import InputSpec
 
 
 class ImageError(ValueError):

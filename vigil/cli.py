@@ -67,7 +67,7 @@ def _data_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def add_train(sub: Any) -> None:
-    from training.pipeline import TrainConfig
+    from vigil.training.pipeline import TrainConfig
 
     d = TrainConfig(data="", out=Path())
     p = sub.add_parser(
@@ -159,7 +159,7 @@ def add_train(sub: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training.pipeline import TrainConfig, run
+    from vigil.training.pipeline import TrainConfig, run
 
     fields = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -197,7 +197,7 @@ def add_evaluate(sub: Any) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate_all_classes, evaluate_one
+    from vigil.training.evaluate import evaluate_all_classes, evaluate_one
 
     if args.all_classes:
         return evaluate_all_classes(args)
@@ -227,8 +227,8 @@ def add_calibrate(sub: Any) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from training.calibrate import recalibrate
-    from training.data import read_images
+    from vigil.training.calibrate import recalibrate
+    from vigil.training.data import read_images
 
     normals = read_images(args.data, "train")
     if args.normal_class is not None:
@@ -243,7 +243,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def add_serve(sub: Any) -> None:
-    from service.cli import add_arguments
+    from vigil.service.cli import add_arguments
 
     p = sub.add_parser(
         "serve",
@@ -255,7 +255,7 @@ def add_serve(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.cli import serve
+    from vigil.service.cli import serve
 
     return serve(args)
 
@@ -298,9 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser(argv).parse_args(argv)
     except ModuleNotFoundError as exc:
         return _missing_extra(exc, argv[0] if argv else "")
-    from service.bundle import BundleError
-    from service.calibration import CalibrationError
-    from training.data import DataError
+    from vigil.core.bundle import BundleError
+    from vigil.core.calibration import CalibrationError
+    from vigil.training.data import DataError
 
     errors = (BundleError, CalibrationError, DataError, FileNotFoundError)
     started = time.time()

@@ -9,8 +9,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from service import calibration as cal
-from service.bundle import Manifest
+from vigil.core import calibration as cal
+from vigil.core.bundle import Manifest
 
 
 @dataclass(frozen=True)

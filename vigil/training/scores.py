@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from training.models import AutoEncoder, kl_divergence
+from vigil.training.models import AutoEncoder, kl_divergence
 
 SSIM_WINDOW = 7
 SSIM_SIGMA = 1.5

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from service import calibration as cal
-from service.bundle import Calibration, Manifest, load_bundle, now, write_manifest
-from service.runtime import create_session, run_batched
-from training.data import DataError, Images, to_inputs
+from vigil.core import calibration as cal
+from vigil.core.bundle import Calibration, Manifest, load_bundle, now, write_manifest
+from vigil.core.runtime import create_session, run_batched
+from vigil.training.data import DataError, Images, to_inputs
 
 
 def make_calibration(

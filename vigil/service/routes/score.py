@@ -22,17 +22,17 @@ from starlette.datastructures import QueryParams
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from service.batching import BatcherClosed, Row
-from service.bundle import ERROR_MAP_OUTPUT, InputSpec
-from service.calibration import CalibrationError
-from service.errors import IMAGE_ERROR_STATUS, ApiError, error_body
-from service.metrics import Metrics
-from service.model import LoadedModel, ModelHolder
-from service.preprocess import ImageError, decode_image, image_to_array
-from service.routes.uploads import FIELD, Upload, read_uploads
-from service.schemas import KNOWN_SCORES, ScoreResponse, error_responses
-from service.scoring import Verdict
-from service.settings import Settings
+from vigil.core.bundle import ERROR_MAP_OUTPUT, InputSpec
+from vigil.core.calibration import CalibrationError
+from vigil.core.preprocess import ImageError, decode_image, image_to_array
+from vigil.core.verdicts import Verdict
+from vigil.service.batching import BatcherClosed, Row
+from vigil.service.errors import IMAGE_ERROR_STATUS, ApiError, error_body
+from vigil.service.metrics import Metrics
+from vigil.service.model import LoadedModel, ModelHolder
+from vigil.service.routes.uploads import FIELD, Upload, read_uploads
+from vigil.service.schemas import KNOWN_SCORES, ScoreResponse, error_responses
+from vigil.service.settings import Settings
 
 ROUTE = "/score"
 # Bodies above this many bytes are decoded in a worker thread, not on the event loop.

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from training.models import AutoEncoder, kl_divergence, reconstruction_loss
+from vigil.training.models import AutoEncoder, kl_divergence, reconstruction_loss
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,12 @@ from importlib import metadata
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import errors
-from service.errors import ApiError, error_body
-from service.metrics import UNMATCHED, Metrics
-from service.model import ModelError, ModelHolder
-from service.routes import admin, probes, score
-from service.settings import Settings
+from vigil.service import errors
+from vigil.service.errors import ApiError, error_body
+from vigil.service.metrics import UNMATCHED, Metrics
+from vigil.service.model import ModelError, ModelHolder
+from vigil.service.routes import admin, probes, score
+from vigil.service.settings import Settings
 
 log = logging.getLogger("vigil.app")
 

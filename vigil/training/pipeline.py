@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.bundle import DECODER_FILE, Manifest, write_manifest
-from service.calibration import check_fpr
-from training.bundle import write_bundle
-from training.data import (
+from vigil.core.bundle import DECODER_FILE, Manifest, write_manifest
+from vigil.core.calibration import check_fpr
+from vigil.training.bundle import write_bundle
+from vigil.training.data import (
     FASHION_MNIST_CLASSES,
     DataError,
     Images,
@@ -21,10 +21,10 @@ from training.data import (
     split_indices,
     to_inputs,
 )
-from training.evaluate import Evaluation, evaluate_bundle
-from training.models import AutoEncoder, Kind, ModelConfig
-from training.scores import ScoreGraph
-from training.train import FitConfig, fit, seed_everything
+from vigil.training.evaluate import Evaluation, evaluate_bundle
+from vigil.training.models import AutoEncoder, Kind, ModelConfig
+from vigil.training.scores import ScoreGraph
+from vigil.training.train import FitConfig, fit, seed_everything
 
 DEFAULT_EPOCHS = 30
 MIN_STEPS = 1800  # Fashion-MNIST (66 steps an epoch) keeps 30 epochs
@@ -198,7 +198,7 @@ def write_training_report(
     history: list[dict[str, float]] | None,
     data: str,
 ) -> Path:
-    from training.report import write_report
+    from vigil.training.report import write_report
 
     decoder = bundle / DECODER_FILE
     page = write_report(

@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.batching import Batcher, BatchObserver, Outputs
-from service.bundle import ERROR_MAP_OUTPUT, BundleError, Manifest, load_bundle
-from service.calibration import CalibrationError
-from service.errors import ApiError
-from service.metrics import Metrics, score_buckets
-from service.runtime import ProviderError, create_session, run
-from service.scoring import Judge
-from service.settings import Settings
+from vigil.core.bundle import ERROR_MAP_OUTPUT, BundleError, Manifest, load_bundle
+from vigil.core.calibration import CalibrationError
+from vigil.core.runtime import ProviderError, create_session, run
+from vigil.core.verdicts import Judge
+from vigil.service.batching import Batcher, BatchObserver, Outputs
+from vigil.service.errors import ApiError
+from vigil.service.metrics import Metrics, score_buckets
+from vigil.service.settings import Settings
 
 log = logging.getLogger("vigil.model")
 

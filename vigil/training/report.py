@@ -24,9 +24,9 @@ from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
 from sklearn.metrics import roc_curve
 
-from service.bundle import Manifest
-from service.runtime import create_session, run
-from training.evaluate import Evaluation
+from vigil.core.bundle import Manifest
+from vigil.core.runtime import create_session, run
+from vigil.training.evaluate import Evaluation
 
 NORMAL_COLOR = "#1f77b4"
 ANOMALY_COLOR = "#d62728"

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.bundle import InputSpec
-from service.preprocess import ImageError, decode_image, image_to_array, uint8_to_image
+from vigil.core.bundle import InputSpec
+from vigil.core.preprocess import ImageError, decode_image, image_to_array, uint8_to_image
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (

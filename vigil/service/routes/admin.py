@@ -11,11 +11,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import Response
 
-from service.errors import ApiError
-from service.model import ModelHolder
-from service.routes.uploads import read_body
-from service.schemas import ReloadRequest, ReloadResponse, error_responses
-from service.settings import Settings
+from vigil.service.errors import ApiError
+from vigil.service.model import ModelHolder
+from vigil.service.routes.uploads import read_body
+from vigil.service.schemas import ReloadRequest, ReloadResponse, error_responses
+from vigil.service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="VIGIL_ADMIN_TOKEN")
 

@@ -9,14 +9,14 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from service.bundle import (
+from vigil.core.bundle import (
     ERROR_MAP_OUTPUT,
     INPUT_NAME,
     LATENT_OUTPUT,
     RECONSTRUCTION_IMAGE_OUTPUT,
 )
-from training.models import AutoEncoder
-from training.scores import ScoreGraph
+from vigil.training.models import AutoEncoder
+from vigil.training.scores import ScoreGraph
 
 OPSET = 18
 

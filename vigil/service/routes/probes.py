@@ -9,9 +9,9 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from service.metrics import Metrics
-from service.model import ModelHolder
-from service.schemas import ErrorResponse, Health, ModelDescription, Ready
+from vigil.service.metrics import Metrics
+from vigil.service.model import ModelHolder
+from vigil.service.schemas import ErrorResponse, Health, ModelDescription, Ready
 
 NOT_READY: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "no model loaded and warmed up (yet)"}

@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.types import Message, Receive
 
-from service.errors import ApiError
+from vigil.service.errors import ApiError
 
 try:
     import python_multipart as multipart

@@ -13,7 +13,7 @@ import onnx
 import onnxruntime
 import torch
 
-from service.bundle import (
+from vigil.core.bundle import (
     DECODER_FILE,
     MODEL_FILE,
     Calibration,
@@ -26,11 +26,11 @@ from service.bundle import (
     sha256_file,
     write_manifest,
 )
-from service.runtime import create_session, run_batched
-from training.calibrate import make_calibration
-from training.export import OPSET, export_decoder, export_onnx
-from training.models import count_parameters
-from training.scores import ScoreGraph
+from vigil.core.runtime import create_session, run_batched
+from vigil.training.calibrate import make_calibration
+from vigil.training.export import OPSET, export_decoder, export_onnx
+from vigil.training.models import count_parameters
+from vigil.training.scores import ScoreGraph
 
 PRIMARY_SCORE = "combined"
 DESCRIPTIONS = {

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from service.bundle import Manifest, load_bundle
-from service.scoring import Judge
-from training.calibrate import score_images
-from training.data import DataError, Images, read_images, to_inputs
+from vigil.core.bundle import Manifest, load_bundle
+from vigil.core.verdicts import Judge
+from vigil.training.calibrate import score_images
+from vigil.training.data import DataError, Images, read_images, to_inputs
 
 
 def score_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -130,7 +130,7 @@ def one_class_split(
 
 def evaluate_one(args: argparse.Namespace) -> int:
     """`vigil evaluate --bundle DIR --data ...`: metrics table, JSON and report."""
-    from training.pipeline import write_training_report
+    from vigil.training.pipeline import write_training_report
 
     manifest, _ = load_bundle(args.bundle)
     normal_class = args.normal_class
@@ -168,7 +168,7 @@ def format_table(evaluation: Evaluation) -> str:
 
 def evaluate_all_classes(args: argparse.Namespace) -> int:
     """Train one model per class with default settings and evaluate each: the field's benchmark."""
-    from training.pipeline import TrainConfig, run
+    from vigil.training.pipeline import TrainConfig, run
 
     labels = read_images(args.data, "train").labels
     if labels is None:

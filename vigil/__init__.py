@@ -1,0 +1,1 @@
+"""Vigil: image anomaly detection with autoencoders, served over HTTP."""
