@@ -1,5 +1,7 @@
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +154,13 @@ def test_judge_verdicts_follow_thresholds_and_p_values(vae_bundle: Path) -> None
     loose = judge.thresholds(0.2)[manifest.primary_score]
     assert loose < judge.thresholds()[manifest.primary_score]
     assert model_path.name == "model.onnx"
+
+
+def test_a_written_bundle_is_readable_by_other_users(ae_bundle: Path) -> None:
+    """A container's service user (not the trainer) must read a mounted bundle."""
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(ae_bundle.stat().st_mode) == 0o777 & ~mask
+    for path in ae_bundle.rglob("*"):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o444 == 0o444 & ~mask, path

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import make_blobs
 from PIL import Image
-from vigil.cli import main
 
+from vigil.cli import main
 from vigil.core.bundle import load_bundle, read_manifest
 
 

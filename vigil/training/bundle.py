@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import tempfile
@@ -79,12 +80,21 @@ def write_bundle(
         calibration = make_calibration(raw, scores, [PRIMARY_SCORE], target_fpr, source)
         manifest = _manifest(graph, spec, outputs, calibration, staging, training, name)
         write_manifest(staging, manifest)
+        # mkdtemp made the folder 0700: give it the mode any new folder gets (the umask's),
+        # so a service running as another user (a container's) can read the bundle.
+        staging.chmod(0o777 & ~_umask())
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _manifest(
