@@ -21,9 +21,9 @@ from test_service_support import (
     blob,
     encode,
     files,
+    holder_of,
     make_settings,
     noise,
-    service_of,
     serving,
     tshirt,
 )
@@ -111,7 +111,7 @@ async def test_not_ready_until_loaded_and_warmed(
             }
             assert "vigil_ready 0.0" in (await client.get("/metrics")).text
             release.set()
-            await asyncio.wait_for(service_of(app).holder.first_load.wait(), 30)
+            await asyncio.wait_for(holder_of(app).first_load.wait(), 30)
             assert (await client.get("/readyz")).status_code == 200
             assert "vigil_ready 1.0" in (await client.get("/metrics")).text
 

@@ -21,7 +21,7 @@ from test_service_support import (
 from vigil.core.bundle import load_bundle
 from vigil.core.preprocess import decode_image, image_to_array
 from vigil.core.runtime import create_session, run
-from vigil.service.batching import Batcher, BatcherClosed, Outputs
+from vigil.service.batching import Batcher, BatcherClosed, InferenceFailed, Outputs
 
 pytestmark = pytest.mark.anyio
 
@@ -114,20 +114,28 @@ async def test_heatmap_outputs_only_when_asked() -> None:
     await batcher.close()
 
 
-async def test_inference_errors_reach_every_waiter() -> None:
-    def broken(batch: np.ndarray, with_map: bool) -> Outputs:
-        raise RuntimeError("graph failed")
+async def test_an_inference_error_fails_its_batch_only() -> None:
+    """ONNX Runtime raising on a batch: its images get InferenceFailed, the next batch runs."""
+    model = FakeModel()
+    calls = 0
 
-    batcher = Batcher(broken, max_batch=4, max_wait_s=0.001)
+    def fails_once(batch: np.ndarray, with_map: bool) -> Outputs:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("graph failed")
+        return model(batch, with_map)
+
+    batcher = Batcher(fails_once, max_batch=4, max_wait_s=0.05)
     batcher.start()
     results = await asyncio.gather(
         *(batcher.score([image(i)]) for i in range(3)), return_exceptions=True
     )
-    assert all(isinstance(r, RuntimeError) for r in results)
-    fine = Batcher(FakeModel(), max_batch=4, max_wait_s=0.001)  # a broken batch ends no loop
-    fine.start()
-    assert len(await fine.score([image(1)])) == 1
-    await asyncio.gather(batcher.close(), fine.close())
+    assert all(isinstance(r, InferenceFailed) for r in results), results
+    assert all(r.code == "inference_failed" for r in results if isinstance(r, InferenceFailed))
+    assert len(await batcher.score([image(1)])) == 1  # the thread lives on
+    assert not batcher.failed
+    await batcher.close()
 
 
 async def test_a_crashed_inference_thread_fails_waiters_instead_of_hanging() -> None:

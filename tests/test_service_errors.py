@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
-from test_service_support import blob, encode, files, make_settings, service_of, serving
+from test_service_support import blob, encode, files, holder_of, make_settings, serving
 
 from vigil.service.model import ModelHolder
 
@@ -107,7 +107,7 @@ async def test_bad_file_among_good_fails_the_request_naming_it(
     served: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
     app, client = served
-    before = len(service_of(app).metrics.batch_size.collect()[0].samples)
+    before = len(holder_of(app).metrics.batch_size.collect()[0].samples)
     scored = _samples_value(app, "vigil_images_scored_total")
     response = await client.post(
         "/score",
@@ -116,12 +116,12 @@ async def test_bad_file_among_good_fails_the_request_naming_it(
     error = assert_error(response, 415, "not_an_image", "two.txt")
     assert "two.txt" in error["message"]
     assert _samples_value(app, "vigil_images_scored_total") == scored  # nothing was scored
-    assert len(service_of(app).metrics.batch_size.collect()[0].samples) == before
+    assert len(holder_of(app).metrics.batch_size.collect()[0].samples) == before
     await assert_still_serving(client)
 
 
 def _samples_value(app: FastAPI, name: str) -> float:
-    for family in service_of(app).metrics.registry.collect():
+    for family in holder_of(app).metrics.registry.collect():
         for sample in family.samples:
             if sample.name == name:
                 return sample.value
@@ -267,7 +267,7 @@ async def test_unexpected_exception_is_500_in_shape_and_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     app, client = served
-    model = service_of(app).holder.current
+    model = holder_of(app).current
     assert model is not None
 
     def broken(*args: object, **kwargs: object) -> None:
@@ -322,7 +322,7 @@ async def test_a_dead_inference_thread_fails_readiness(vae_bundle: Path) -> None
         raise Crash
 
     async with serving(make_settings(vae_bundle)) as (app, client):
-        model = service_of(app).holder.current
+        model = holder_of(app).current
         assert model is not None
         model.batcher.infer = crash
         response = await client.post("/score", files=files(("a.png", GOOD)))

@@ -1,5 +1,6 @@
-"""POST /score's raw-ASGI fast path answers byte for byte what the FastAPI route answers:
-same status, headers, body and request metrics, for good requests and every kind of error."""
+"""`FastRoute` (POST /score before FastAPI's router) answers byte for byte what the router
+answers for the same route: same status, headers, body and request metrics, for good
+requests and every kind of error."""
 
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from test_service_support import (
     blob,
     encode,
     files,
+    holder_of,
     make_settings,
     metric_samples,
     noise,
-    service_of,
 )
 
-from vigil.service.app import RequestGuard, create_app
+from vigil.service.app import create_app
+from vigil.service.middleware import FastRoute
 from vigil.service.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -38,13 +40,20 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def without_fast_route(app: FastAPI) -> FastAPI:
+    """The app with every request, POST /score included, routed by FastAPI's router."""
+    assert any(m.cls is FastRoute for m in app.user_middleware)
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not FastRoute]
+    return app
+
+
 @asynccontextmanager
-async def serving(settings: Settings, fast_score: bool) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, fast_score=fast_score)
-    guard = next(m for m in app.user_middleware if m.cls is RequestGuard)
-    assert (guard.kwargs["score_app"] is not None) is fast_score
+async def serving(settings: Settings, fast: bool) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    if not fast:
+        without_fast_route(app)
     async with app.router.lifespan_context(app):
-        await asyncio.wait_for(service_of(app).holder.first_load.wait(), 60)
+        await asyncio.wait_for(holder_of(app).first_load.wait(), 60)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=60) as client:
             yield client
@@ -123,7 +132,7 @@ def request_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
     }
 
 
-async def test_fast_path_matches_the_fastapi_route(
+async def test_fast_route_matches_the_router(
     pair: tuple[httpx.AsyncClient, httpx.AsyncClient],
 ) -> None:
     fast, slow = pair
@@ -133,7 +142,7 @@ async def test_fast_path_matches_the_fastapi_route(
         assert got.status_code == want.status_code, name
         assert got.headers.raw == want.headers.raw, name
         assert got.content == want.content, name
-    # other methods on /score are FastAPI's either way
+    # other methods on /score are the router's either way
     for client in (fast, slow):
         assert (await client.get("/score")).status_code == 405
     metrics = [request_metrics((await client.get("/metrics")).text) for client in (fast, slow)]
@@ -144,8 +153,8 @@ async def test_fast_path_matches_the_fastapi_route(
     assert metrics[0][ok] == 7  # the good cases, "repeated params" included (last value wins)
 
 
-async def test_openapi_is_unchanged_by_the_fast_path(vae_bundle: Path) -> None:
+async def test_openapi_is_unchanged_by_the_fast_route(vae_bundle: Path) -> None:
     settings = make_settings(vae_bundle)
-    apps: list[FastAPI] = [create_app(settings, fast_score=flag) for flag in (True, False)]
+    apps = [create_app(settings), without_fast_route(create_app(settings))]
     assert apps[0].openapi() == apps[1].openapi()
     assert "/score" in apps[0].openapi()["paths"]

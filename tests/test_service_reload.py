@@ -16,10 +16,10 @@ from test_service_support import (
     copy_bundle,
     encode,
     files,
+    holder_of,
     make_settings,
     metric,
     metric_samples,
-    service_of,
     serving,
 )
 
@@ -73,7 +73,7 @@ async def test_reload_under_load_fails_no_request(models: Path) -> None:
     """240 clients keep requests in flight while the model is swapped for another one
     (with a different input spec): every request succeeds, on the old or the new model."""
     async with serving(settings_for(models)) as (app, client):  # type: ignore[arg-type]
-        holder = service_of(app).holder
+        holder = holder_of(app)
         old = holder.current
         assert old is not None and await ready_model(client) == "vae"
         seen: Counter[str] = Counter()
@@ -136,7 +136,7 @@ FAILED_RELOADS = {
 
 async def test_failed_reloads_keep_the_old_model(models: Path) -> None:
     async with serving(settings_for(models)) as (app, client):  # type: ignore[arg-type]
-        model = service_of(app).holder.current
+        model = holder_of(app).current
         load_failures = 0
         for case, (body, status, code, text) in FAILED_RELOADS.items():
             response = await client.post("/admin/reload", json=body, headers=AUTH)
@@ -144,7 +144,7 @@ async def test_failed_reloads_keep_the_old_model(models: Path) -> None:
             error = response.json()["error"]
             assert error["code"] == code and text in error["message"], (case, error)
             load_failures += code == "invalid_bundle"
-            assert service_of(app).holder.current is model, case
+            assert holder_of(app).current is model, case
             assert (await client.post("/score", files=files(("x.png", GOOD)))).status_code == 200
         response = await client.post("/admin/reload", content=b"{not json", headers=AUTH)
         assert response.json()["error"]["code"] == "invalid_request"
@@ -156,11 +156,11 @@ async def test_failed_reloads_keep_the_old_model(models: Path) -> None:
 
 async def test_reload_without_body_reloads_the_current_path(models: Path) -> None:
     async with serving(settings_for(models, max_batch=2)) as (app, client):  # type: ignore[arg-type]
-        first = service_of(app).holder.current
+        first = holder_of(app).current
         response = await client.post("/admin/reload", headers=AUTH)
         assert response.status_code == 200, response.text
         assert response.json()["bundle"] == str(models / "a")
-        assert service_of(app).holder.current is not first
+        assert holder_of(app).current is not first
         absolute = await client.post(
             "/admin/reload", json={"bundle": str(models / "b")}, headers=AUTH
         )
@@ -171,7 +171,7 @@ async def test_reload_without_body_reloads_the_current_path(models: Path) -> Non
 async def test_a_retired_model_is_freed(models: Path) -> None:
     """After a reload the old model and its session are released (no cycle, nothing frozen)."""
     async with serving(settings_for(models, max_batch=2)) as (app, client):  # type: ignore[arg-type]
-        holder = service_of(app).holder
+        holder = holder_of(app)
         old_model = weakref.ref(holder.current)
         old_session = weakref.ref(holder.current.session)  # type: ignore[union-attr]
         assert (await client.post("/admin/reload", headers=AUTH)).status_code == 200
@@ -195,7 +195,7 @@ async def test_admin_disabled_without_token(models: Path, token: str | None) -> 
 
 async def test_admin_needs_the_right_token(models: Path) -> None:
     async with serving(settings_for(models, max_batch=1)) as (app, client):  # type: ignore[arg-type]
-        model = service_of(app).holder.current
+        model = holder_of(app).current
         for headers in (
             {},
             {"Authorization": "Bearer wrong"},
@@ -207,4 +207,4 @@ async def test_admin_needs_the_right_token(models: Path) -> None:
             assert response.status_code == 401, headers
             assert response.json()["error"]["code"] == "unauthorized"
             assert response.headers["www-authenticate"].startswith("Bearer")
-        assert service_of(app).holder.current is model
+        assert holder_of(app).current is model

@@ -20,7 +20,8 @@ from fastapi import FastAPI
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from vigil.service.app import Service, create_app
+from vigil.service.app import create_app
+from vigil.service.model import ModelHolder
 from vigil.service.settings import Settings
 
 BASE_URL = "http://vigil.test"
@@ -42,10 +43,10 @@ def make_settings(bundle: Path, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
-def service_of(app: FastAPI) -> Service:
-    service = app.state.service
-    assert isinstance(service, Service)
-    return service
+def holder_of(app: FastAPI) -> ModelHolder:
+    holder = app.state.holder
+    assert isinstance(holder, ModelHolder)
+    return holder
 
 
 @asynccontextmanager
@@ -53,7 +54,7 @@ async def serving(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.Asyn
     """An app with its lifespan running and the start-up load finished, and a client."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        await asyncio.wait_for(service_of(app).holder.first_load.wait(), 60)
+        await asyncio.wait_for(holder_of(app).first_load.wait(), 60)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=60) as client:
             yield app, client

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vigil.core.errors import VigilError
+
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
@@ -28,8 +30,10 @@ LATENT_OUTPUT = "latent"
 DECODER_FILE = "decoder.onnx"
 
 
-class BundleError(Exception):
+class BundleError(VigilError):
     """A bundle that cannot be used, with a message that says why."""
+
+    code = "invalid_bundle"
 
 
 class _Strict(BaseModel):

@@ -15,9 +15,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vigil.core.errors import VigilError
 
-class CalibrationError(ValueError):
+
+class CalibrationError(VigilError, ValueError):
     """A target FPR that the calibration data cannot support, or bad calibration data."""
+
+    code = "invalid_target_fpr"
 
 
 def min_fpr(n: int, n_scores: int = 1) -> float:

@@ -14,15 +14,14 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from vigil.core.bundle import InputSpec
+from vigil.core.errors import VigilError
 
 
-class ImageError(ValueError):
-    """An input that is not a usable image; `code` is the API error code."""
+class ImageError(VigilError, ValueError):
+    """An input that is not a usable image; `code` says how (not_an_image, corrupt_image, ...)."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code)
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -70,12 +69,22 @@ def _upright(image: Image.Image) -> Image.Image:
     return image if orientation == 1 else ImageOps.exif_transpose(image)
 
 
+def load_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
+    """Encoded image bytes as the model's input [C, H, W]; `ImageError` when they are not one."""
+    return image_to_array(decode_image(data, max_pixels), spec)
+
+
 def image_to_array(image: Image.Image, spec: InputSpec) -> np.ndarray:
     """Convert to the bundle's colour mode, resize by its policy, scale to [0, 1]: [C, H, W]."""
-    if image.mode != spec.color_mode:
-        image = _flatten_alpha(image).convert(spec.color_mode)
-    if image.size != (spec.width, spec.height):
-        image = image.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+    try:
+        if image.mode != spec.color_mode:
+            image = _flatten_alpha(image).convert(spec.color_mode)
+        if image.size != (spec.width, spec.height):
+            image = image.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+    except (OSError, ValueError) as exc:  # modes Pillow cannot convert
+        raise ImageError(
+            "unsupported_image", f"cannot convert this image to {spec.color_mode}: {exc}"
+        ) from exc
     pixels = np.multiply(np.asarray(image), np.float32(1 / 255), dtype=np.float32)
     if pixels.ndim == 2:
         return pixels[None]

@@ -9,11 +9,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from vigil.core.errors import VigilError
+
 log = logging.getLogger("vigil.runtime")
 
 
-class ProviderError(RuntimeError):
+class ProviderError(VigilError, RuntimeError):
     """A required execution provider is not the one the session actually runs on."""
+
+    code = "provider_unavailable"
 
 
 def create_session(

@@ -33,6 +33,8 @@ from typing import Protocol
 
 import numpy as np
 
+from vigil.core.errors import VigilError
+
 log = logging.getLogger("vigil.batching")
 
 Outputs = dict[str, np.ndarray]
@@ -46,8 +48,16 @@ class BatchObserver(Protocol):
     def observe_batch(self, size: int, waits: Iterable[float], seconds: float) -> None: ...
 
 
-class BatcherClosed(RuntimeError):
+class BatcherClosed(VigilError):
     """The batcher was closed (the model was unloaded); the image was not scored."""
+
+    code = "not_ready"
+
+
+class InferenceFailed(VigilError):
+    """ONNX Runtime raised on the batch this image was in; the next batch is scored."""
+
+    code = "inference_failed"
 
 
 @dataclass(slots=True)
@@ -138,14 +148,14 @@ class Batcher:
         """Score images [C, H, W] float32; one row per image, in order."""
         loop = self._loop
         if self._closing or loop is None:
-            raise BatcherClosed(f"the batcher of {self.name} is not running")
+            raise BatcherClosed(f"the model {self.name} is being unloaded; retry")
         if not self.enabled:
             return await self._direct(loop, arrays, with_map)
         now = time.perf_counter()
         futures: list[asyncio.Future[Row]] = [loop.create_future() for _ in arrays]
         with self._ready:
             if self._closing:  # checked under the lock: the thread may have just stopped
-                raise BatcherClosed(f"the batcher of {self.name} is not running")
+                raise BatcherClosed(f"the model {self.name} is being unloaded; retry")
             self._pending.extend(
                 _Item(array, with_map, future, now)
                 for array, future in zip(arrays, futures, strict=True)
@@ -201,7 +211,7 @@ class Batcher:
                 [item.array for item in items], any(item.with_map for item in items)
             )
         except Exception as exc:
-            self._call_soon(self._fail, items, exc)
+            self._call_soon(self._fail, items, _failed(exc, len(items)))
             return
         self._call_soon(self._deliver, items, outputs, started, seconds)
 
@@ -235,12 +245,15 @@ class Batcher:
         rows: list[Row] = []
         for start in range(0, len(arrays), self.max_batch):
             if self._closing:  # closed between two chunks of this request
-                raise BatcherClosed(f"the batcher of {self.name} is not running")
+                raise BatcherClosed(f"the model {self.name} is being unloaded; retry")
             chunk = list(arrays[start : start + self.max_batch])
             queued = time.perf_counter()
-            outputs, started, seconds = await loop.run_in_executor(
-                self._executor, self._run, chunk, with_map
-            )
+            try:
+                outputs, started, seconds = await loop.run_in_executor(
+                    self._executor, self._run, chunk, with_map
+                )
+            except Exception as exc:
+                raise _failed(exc, len(chunk)) from exc
             rows.extend((outputs, i) for i in range(len(chunk)))
             if self.observer is not None:
                 self.observer.observe_batch(len(chunk), [started - queued] * len(chunk), seconds)
@@ -252,6 +265,12 @@ class Batcher:
         batch = np.stack(arrays) if len(arrays) > 1 else arrays[0][None]
         outputs = self.infer(batch, with_map)
         return outputs, started, time.perf_counter() - started
+
+
+def _failed(exc: Exception, images: int) -> InferenceFailed:
+    """What the requests of a batch that ONNX Runtime failed on get (the error is logged)."""
+    log.error("ONNX Runtime failed on a batch of %d images", images, exc_info=exc)
+    return InferenceFailed(f"scoring failed ({type(exc).__name__}, logged); retry")
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,70 +151,89 @@ class Metrics:
     def __init__(self, max_batch: int = 32) -> None:
         disable_created_metrics()  # no *_created series: they double the series count
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self._add_request_metrics()
+        self._add_score_metrics()
+        self._add_batch_metrics(max_batch)
+        self._add_model_metrics()
+        self._model_labels: tuple[str, str, str, str] | None = None
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._anomaly_children: dict[str, Counter] = {}  # per score name; never removed
+
+    def _add_request_metrics(self) -> None:
         self.requests = Counter(
             "vigil_requests",
             "HTTP requests by route template, method and status code.",
             ["route", "method", "status"],
-            registry=r,
+            registry=self.registry,
         )
         self.request_duration = Histogram(
             "vigil_request_duration_seconds",
             "HTTP request duration, by route template and method.",
             ["route", "method"],
             buckets=DURATION_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
+
+    def _add_score_metrics(self) -> None:
         self.images_scored = Counter(
-            "vigil_images_scored", "Images scored (each got a verdict).", registry=r
+            "vigil_images_scored", "Images scored (each got a verdict).", registry=self.registry
         )
         self.anomalies = Counter(
             "vigil_anomalies",
             "Images flagged as anomalous, per verdict score that flagged them.",
             ["score"],
-            registry=r,
+            registry=self.registry,
         )
         self.scores = ScoreHistogram()
-        r.register(self.scores)
+        self.registry.register(self.scores)
+
+    def _add_batch_metrics(self, max_batch: int) -> None:
         sizes = [1.0]
         while sizes[-1] < max_batch:
             sizes.append(sizes[-1] * 2)
         self.batch_size = Histogram(
-            "vigil_batch_size", "Images per ONNX Runtime call.", buckets=sizes, registry=r
+            "vigil_batch_size",
+            "Images per ONNX Runtime call.",
+            buckets=sizes,
+            registry=self.registry,
         )
         self.queue_wait = Histogram(
             "vigil_queue_wait_seconds",
             "Per image: time from queueing to its batch starting.",
             buckets=WAIT_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
         self.inference = Histogram(
             "vigil_inference_seconds",
             "Duration of one ONNX Runtime call (one batch).",
             buckets=INFERENCE_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
+
+    def _add_model_metrics(self) -> None:
         self.model_info = Gauge(
             "vigil_model_info",
             "The loaded model (value 1) and the execution provider it runs on.",
             ["name", "version", "kind", "provider"],
-            registry=r,
+            registry=self.registry,
         )
         self.reloads = Counter(
             "vigil_reloads",
             "Model reloads (POST /admin/reload, SIGHUP) by outcome.",
             ["outcome"],
-            registry=r,
+            registry=self.registry,
         )
         for outcome in ("success", "failure"):
             self.reloads.labels(outcome)
-        self.ready = Gauge("vigil_ready", "1 while a warmed-up model serves, else 0.", registry=r)
-        self.target_fpr = Gauge(
-            "vigil_target_fpr", "Default target false-positive rate in force.", registry=r
+        # Its value is set by the readiness owner (ModelHolder), read at each scrape.
+        self.ready = Gauge(
+            "vigil_ready", "1 while a warmed-up model serves, else 0.", registry=self.registry
         )
-        self._model_labels: tuple[str, str, str, str] | None = None
-        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-        self._anomaly_children: dict[str, Counter] = {}  # per score name; never removed
+        self.target_fpr = Gauge(
+            "vigil_target_fpr",
+            "Default target false-positive rate in force.",
+            registry=self.registry,
+        )
 
     # -- request path -------------------------------------------------------------------
 
@@ -257,7 +276,8 @@ class Metrics:
         labels: tuple[str, str, str, str],
         target_fpr: float,
         verdict_scores: Sequence[str],
-        buckets: dict[str, list[float]],
+        calibration: Mapping[str, Sequence[float]],
+        thresholds: Mapping[str, float],
     ) -> None:
         """A model became the one that serves: swap the info labels, buckets and gauges."""
         if self._model_labels is not None and self._model_labels != labels:
@@ -267,8 +287,12 @@ class Metrics:
         self.target_fpr.set(target_fpr)
         for name in verdict_scores:
             self.anomalies.labels(name)  # export 0 before the first anomaly
-        self.scores.configure(buckets)
-        self.ready.set(1)
+        self.scores.configure(
+            {
+                name: score_buckets(values, thresholds.get(name))
+                for name, values in calibration.items()
+            }
+        )
 
     def reload_finished(self, ok: bool) -> None:
         self.reloads.labels("success" if ok else "failure").inc()

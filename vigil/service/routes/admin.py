@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -13,9 +14,10 @@ from starlette.responses import Response
 
 from vigil.service.errors import ApiError
 from vigil.service.model import ModelHolder
-from vigil.service.routes.uploads import read_body
+from vigil.service.responses import json_response
 from vigil.service.schemas import ReloadRequest, ReloadResponse, error_responses
 from vigil.service.settings import Settings
+from vigil.service.uploads import read_body
 
 _bearer = HTTPBearer(auto_error=False, description="VIGIL_ADMIN_TOKEN")
 
@@ -37,12 +39,11 @@ def router(settings: Settings, holder: ModelHolder) -> APIRouter:
         token = settings.token()
         if token is None:
             raise ApiError(
-                403, "admin_disabled", "admin routes are disabled: no VIGIL_ADMIN_TOKEN is set"
+                "admin_disabled", "admin routes are disabled: no VIGIL_ADMIN_TOKEN is set"
             )
         given = credentials.credentials if credentials is not None else ""
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise ApiError(
-                401,
                 "unauthorized",
                 "send Authorization: Bearer <VIGIL_ADMIN_TOKEN>",
                 headers={"WWW-Authenticate": 'Bearer realm="vigil-admin"'},
@@ -76,7 +77,7 @@ def router(settings: Settings, holder: ModelHolder) -> APIRouter:
     )
     async def reload(request: Request) -> Response:
         requested = _requested_bundle(await read_body(request.receive))
-        path = holder.resolve(requested)
+        path = bundle_path(requested, holder.path, settings.reload_root)
         started = time.perf_counter()
         model = await holder.load(path)
         body = {
@@ -86,7 +87,7 @@ def router(settings: Settings, holder: ModelHolder) -> APIRouter:
             "provider": model.provider,
             "seconds": round(time.perf_counter() - started, 3),
         }
-        return Response(json.dumps(body), media_type="application/json")
+        return json_response(body)
 
     return api
 
@@ -97,10 +98,31 @@ def _requested_bundle(raw: bytes) -> str | None:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(422, "invalid_request", f"the body is not JSON: {exc}") from exc
+        raise ApiError("invalid_request", f"the body is not JSON: {exc}") from exc
     if not isinstance(data, dict) or set(data) - {"bundle"}:
-        raise ApiError(422, "invalid_request", 'the body must be {"bundle": "<path>"} or empty')
+        raise ApiError("invalid_request", 'the body must be {"bundle": "<path>"} or empty')
     bundle = data.get("bundle")
     if bundle is not None and (not isinstance(bundle, str) or not bundle.strip()):
-        raise ApiError(422, "invalid_request", '"bundle" must be a non-empty path string')
+        raise ApiError("invalid_request", '"bundle" must be a non-empty path string')
     return bundle
+
+
+def bundle_path(requested: str | None, current: Path | None, root: Path | None) -> Path:
+    """The bundle a reload should load: the current one, or `requested` inside `root`."""
+    if requested is None:
+        if current is None:
+            raise ApiError("invalid_request", "no bundle is configured; name one")
+        return current
+    if root is None:
+        raise ApiError("bundle_path_forbidden", "no models directory is configured")
+    candidate = Path(requested)
+    if not candidate.is_absolute():
+        candidate = root / candidate
+    if not candidate.resolve().is_relative_to(root):
+        raise ApiError(
+            "bundle_path_forbidden",
+            f"{requested} is outside the models directory {root}; reload only loads from there",
+        )
+    if not candidate.is_dir():
+        raise ApiError("bundle_not_found", f"{requested} is not a bundle directory")
+    return candidate

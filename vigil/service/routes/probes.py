@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter
@@ -10,7 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from vigil.service.metrics import Metrics
-from vigil.service.model import ModelHolder
+from vigil.service.model import LoadedModel, ModelHolder
+from vigil.service.responses import json_response
 from vigil.service.schemas import ErrorResponse, Health, ModelDescription, Ready
 
 NOT_READY: dict[int | str, dict[str, Any]] = {
@@ -18,8 +18,27 @@ NOT_READY: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _json(data: object, status: int = 200) -> Response:
-    return Response(json.dumps(data), status_code=status, media_type="application/json")
+def describe(model: LoadedModel) -> dict[str, Any]:
+    """GET /model: the manifest's public part plus what this process made of it."""
+    low, high = model.judge.fpr_range
+    batcher = model.batcher
+    data = model.manifest.public()
+    data.update(
+        provider=model.provider,
+        providers=list(model.session.get_providers()),
+        target_fpr=model.target_fpr,
+        target_fpr_range=[low, high],
+        thresholds=model.judge.thresholds(model.target_fpr),
+        batching={
+            "enabled": batcher.enabled,
+            "max_batch": batcher.max_batch,
+            "max_wait_ms": batcher.max_wait_s * 1000,
+            "warmed_shapes": len(batcher.shapes),
+        },
+        loaded_at=model.loaded_at.isoformat(),
+        warmup_seconds=round(model.warmup_seconds, 3),
+    )
+    return data
 
 
 def router(holder: ModelHolder, metrics: Metrics) -> APIRouter:
@@ -27,7 +46,7 @@ def router(holder: ModelHolder, metrics: Metrics) -> APIRouter:
 
     @api.get("/healthz", response_model=Health, summary="Liveness: the process answers")
     async def healthz() -> Response:
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     @api.get(
         "/readyz",
@@ -37,13 +56,7 @@ def router(holder: ModelHolder, metrics: Metrics) -> APIRouter:
     )
     async def readyz() -> Response:
         model = holder.require()
-        return _json(
-            {
-                "status": "ready",
-                "model": model.ref,
-                "provider": model.provider,
-            }
-        )
+        return json_response({"status": "ready", "model": model.ref, "provider": model.provider})
 
     @api.get(
         "/model",
@@ -52,7 +65,7 @@ def router(holder: ModelHolder, metrics: Metrics) -> APIRouter:
         summary="The loaded model: manifest (public part), thresholds, target FPR, provider",
     )
     async def model() -> Response:
-        return _json(holder.require().describe())
+        return json_response(describe(holder.require()))
 
     @api.get(
         "/metrics",

@@ -1,4 +1,9 @@
-"""POST /score: decode, preprocess, batch, judge, answer.
+"""POST /score: decode, preprocess, batch, judge, answer; served by a raw ASGI endpoint.
+
+This is the production path of the service. It is a plain ASGI app rather than a
+FastAPI route because FastAPI's dependency solving and response classes cost more than
+the rest of a one-image request's Python work (BENCHMARKS.md); its OpenAPI operation is
+declared here (`OPERATION`) and merged into the document by `service.openapi`.
 
 A bad file in a multi-file request fails the whole request with the 4xx of that file's
 error, naming it in `error.filename` (the first bad file in upload order); no file of
@@ -15,24 +20,24 @@ import math
 from typing import Any
 
 import numpy as np
-import orjson
-from fastapi import APIRouter, Request
 from PIL import Image
 from starlette.datastructures import QueryParams
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from vigil.core.bundle import ERROR_MAP_OUTPUT, InputSpec
-from vigil.core.calibration import CalibrationError
-from vigil.core.preprocess import ImageError, decode_image, image_to_array
+from vigil.core.errors import VigilError
+from vigil.core.preprocess import ImageError, load_image
 from vigil.core.verdicts import Verdict
-from vigil.service.batching import BatcherClosed, Row
-from vigil.service.errors import IMAGE_ERROR_STATUS, ApiError, error_body
+from vigil.service import openapi
+from vigil.service.batching import Row
+from vigil.service.errors import ApiError, error_body
 from vigil.service.metrics import Metrics
+from vigil.service.middleware import AsgiRoute
 from vigil.service.model import LoadedModel, ModelHolder
-from vigil.service.routes.uploads import FIELD, Upload, read_uploads
-from vigil.service.schemas import KNOWN_SCORES, ScoreResponse, error_responses
+from vigil.service.responses import dumps, send_json
+from vigil.service.schemas import KNOWN_SCORES, ScoreResponse
 from vigil.service.settings import Settings
+from vigil.service.uploads import FIELD, Upload, read_uploads
 
 ROUTE = "/score"
 # Bodies above this many bytes are decoded in a worker thread, not on the event loop.
@@ -99,25 +104,48 @@ TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
 
 
-class Scorer:
-    """The whole of POST /score, framework-free: both ways in call `score`.
+OPERATION = {
+    "summary": "Score images for anomalies",
+    "description": DESCRIPTION,
+    "operationId": "score_score_post",
+    "parameters": PARAMETERS,
+    "requestBody": REQUEST_BODY,
+    "responses": openapi.responses(
+        ScoreResponse,
+        {
+            400: "malformed multipart body",
+            413: "body, file count or image pixels over the limit",
+            415: "not an image, or an unsupported Content-Type",
+            422: "no files, undecodable image, or target_fpr out of range",
+            503: "no model loaded yet",
+        },
+    ),
+}
 
-    - `asgi`: the fast path, a raw ASGI handler that `service.app.RequestGuard` calls for
-      every POST /score before FastAPI's router (routing, dependency solving and the
-      response classes cost more than the rest of the request's Python work).
-    - the FastAPI route of `router`: registered for the OpenAPI schema and docs, and the
-      reference path when the fast path is turned off (`create_app(fast_score=False)`).
-    """
+
+class ScoreEndpoint:
+    """POST /score as an ASGI app: every client-visible error in the one error shape."""
 
     def __init__(self, settings: Settings, holder: ModelHolder, metrics: Metrics) -> None:
         self.settings = settings
         self.holder = holder
         self.metrics = metrics
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            body = await self.score(scope["query_string"], scope["headers"], receive)
+        except VigilError as exc:
+            await _send_error(send, ApiError.of(exc))
+            return
+        except ApiError as exc:
+            await _send_error(send, exc)
+            return
+        await send_json(send, 200, body)
+
     async def score(
         self, query_string: bytes, headers: list[tuple[bytes, bytes]], receive: Receive
     ) -> bytes:
-        """The JSON response body of a request; `ApiError` for any client-visible error."""
+        """The JSON response body of a request; `ApiError` or `VigilError` for a bad one."""
         holder, settings = self.holder, self.settings
         target_fpr, heatmap = _query(query_string)
         _thresholds(holder.require(), target_fpr)  # 503 / 422 before reading the body
@@ -130,10 +158,7 @@ class Scorer:
                 arrays = await asyncio.to_thread(_prepare, uploads, spec, settings.max_image_pixels)
             else:
                 arrays = _prepare(uploads, spec, settings.max_image_pixels)
-            try:
-                rows = await model.batcher.score(arrays, heatmap)
-            except BatcherClosed as exc:
-                raise ApiError(503, "not_ready", "the model is being unloaded; retry") from exc
+            rows = await model.batcher.score(arrays, heatmap)
             verdicts = model.judge.judge(_gather(rows, model.score_names), fpr)
             self.metrics.observe_verdicts(
                 [v.scores for v in verdicts], [v.flagged_by for v in verdicts]
@@ -143,59 +168,13 @@ class Scorer:
         finally:
             holder.release(model)
 
-    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """POST /score as a raw ASGI app: the same bytes, status and headers as the route.
 
-        An `ApiError` is answered in the one error shape (as errors.install does for the
-        route); any other exception propagates to the request guard (500).
-        """
-        try:
-            body = await self.score(scope["query_string"], scope["headers"], receive)
-        except ApiError as exc:
-            error = error_body(exc.code, exc.message, exc.filename)
-            await _send_json(send, exc.status, error, exc.headers)
-            return
-        await _send_json(send, 200, body, None)
+def route(endpoint: ScoreEndpoint) -> AsgiRoute:
+    return AsgiRoute(ROUTE, endpoint, methods=["POST"], include_in_schema=False)
 
 
-async def _send_json(send: Send, status: int, body: bytes, extra: dict[str, str] | None) -> None:
-    """What `Response(body, status, headers=extra, media_type="application/json")` sends."""
-    headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
-    if extra:
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
-        names = {name for name, _ in raw}
-        headers = raw + [h for h in headers if h[0] not in names]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def router(scorer: Scorer) -> APIRouter:
-    api = APIRouter()
-    errors = error_responses(
-        {
-            400: "malformed multipart body",
-            413: "body, file count or image pixels over the limit",
-            415: "not an image, or an unsupported Content-Type",
-            422: "no files, undecodable image, or target_fpr out of range",
-            503: "no model loaded yet",
-        }
-    )
-
-    @api.post(
-        ROUTE,
-        response_model=ScoreResponse,
-        responses=errors,
-        summary="Score images for anomalies",
-        description=DESCRIPTION,
-        openapi_extra={"requestBody": REQUEST_BODY, "parameters": PARAMETERS},
-    )
-    async def score(request: Request) -> Response:
-        body = await scorer.score(
-            request.scope["query_string"], request.scope["headers"], request.receive
-        )
-        return Response(body, media_type="application/json")
-
-    return api
+async def _send_error(send: Send, exc: ApiError) -> None:
+    await send_json(send, exc.status, error_body(exc.code, exc.message, exc.filename), exc.headers)
 
 
 def _query(query_string: bytes) -> tuple[float | None, bool]:
@@ -214,20 +193,18 @@ def _query(query_string: bytes) -> tuple[float | None, bool]:
             target_fpr = math.nan
         if not 0.0 < target_fpr < 1.0:  # NaN fails too
             raise ApiError(
-                422, "invalid_target_fpr", f"target_fpr must be a number in (0, 1), not {raw!r}"
+                "invalid_target_fpr", f"target_fpr must be a number in (0, 1), not {raw!r}"
             )
     flag = params.get("heatmap", "false").lower()
     if flag not in TRUE and flag not in FALSE:
-        raise ApiError(422, "invalid_request", f"heatmap must be true or false, not {flag!r}")
+        raise ApiError("invalid_request", f"heatmap must be true or false, not {flag!r}")
     return target_fpr, flag in TRUE
 
 
 def _thresholds(model: LoadedModel, target_fpr: float | None) -> float:
+    """The target FPR of this request; `CalibrationError` when the calibration cannot meet it."""
     fpr = model.target_fpr if target_fpr is None else target_fpr
-    try:
-        model.judge.thresholds(fpr)
-    except CalibrationError as exc:
-        raise ApiError(422, "invalid_target_fpr", str(exc)) from exc
+    model.judge.thresholds(fpr)
     return fpr
 
 
@@ -235,20 +212,11 @@ def _prepare(uploads: list[Upload], spec: InputSpec, max_pixels: int) -> list[np
     """Decode and preprocess every file, or raise the first file's error, naming it."""
     arrays = []
     for index, upload in enumerate(uploads):
-        name = upload.filename if upload.filename is not None else f"file #{index + 1}"
         try:
-            image = decode_image(upload.data, max_pixels)
-            arrays.append(image_to_array(image, spec))
+            arrays.append(load_image(upload.data, spec, max_pixels))
         except ImageError as exc:
-            status = IMAGE_ERROR_STATUS.get(exc.code, 422)
-            raise ApiError(status, exc.code, f"{name}: {exc.message}", upload.filename) from exc
-        except (OSError, ValueError) as exc:  # modes Pillow cannot convert
-            raise ApiError(
-                422,
-                "unsupported_image",
-                f"{name}: cannot convert this image to {spec.color_mode}: {exc}",
-                upload.filename,
-            ) from exc
+            name = upload.filename if upload.filename is not None else f"file #{index + 1}"
+            raise ApiError.of(exc, upload.filename, prefix=f"{name}: ") from exc
     return arrays
 
 
@@ -288,8 +256,7 @@ def _render(
         "target_fpr": fpr,
         "results": results,
     }
-    # orjson (~15x faster than json here) writes NaN and infinities, which JSON lacks, as null.
-    return orjson.dumps(response)
+    return dumps(response)
 
 
 def _heatmap(error_map: np.ndarray) -> tuple[str, float]:

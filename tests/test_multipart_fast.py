@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from vigil.service.errors import ApiError
-from vigil.service.routes.uploads import _FormReader, _parser, _split_form, read_uploads
+from vigil.service.form import FormReader
+from vigil.service.multipart_fast import split_form
+from vigil.service.uploads import parser, read_uploads
 
 B = b"b0undary"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) + b"\r\n--b0und\r\n\r\n-- not a delimiter"
@@ -78,9 +80,9 @@ def outcome(run: Any) -> tuple[Any, ...]:
     return ("ok", files, reader.other_fields, reader.ended)
 
 
-def streamed(body: bytes, max_files: int) -> _FormReader:
-    reader = _FormReader(max_files)
-    feed = _parser(B, reader)
+def streamed(body: bytes, max_files: int) -> FormReader:
+    reader = FormReader(max_files)
+    feed = parser(B, reader)
     for i in range(0, len(body), 7):  # in small chunks, as a slow client would send it
         feed(body[i : i + 7])
     feed(None)
@@ -90,7 +92,7 @@ def streamed(body: bytes, max_files: int) -> _FormReader:
 @pytest.mark.parametrize("name", sorted(BODIES))
 def test_split_form_agrees_with_python_multipart(name: str) -> None:
     body, plain = BODIES[name]
-    fast = outcome(lambda: _split_form(body, B, 2))
+    fast = outcome(lambda: split_form(body, B, 2))
     assert (fast != ("declined",)) == plain, fast
     if plain:
         assert fast == outcome(lambda: streamed(body, 2))
@@ -111,7 +113,7 @@ def test_split_form_agrees_on_mutated_bodies() -> None:
                 body[at:at] = rng.choice(pieces)
             else:
                 del body[at : at + rng.randint(1, 4)]
-        fast = outcome(lambda b=bytes(body): _split_form(b, B, 2))
+        fast = outcome(lambda b=bytes(body): split_form(b, B, 2))
         if fast != ("declined",):
             taken += 1
             assert fast == outcome(lambda b=bytes(body): streamed(b, 2)), bytes(body)
@@ -132,7 +134,7 @@ async def test_an_overlong_boundary_is_a_400_not_a_crash() -> None:
     async def receive() -> dict[str, object]:
         return {"type": "http.request", "body": body, "more_body": False}
 
-    assert _split_form(body, boundary, 2) is None  # python-multipart's limit decides
+    assert split_form(body, boundary, 2) is None  # python-multipart's limit decides
     with pytest.raises(ApiError) as caught:
         await read_uploads(headers, receive, 2)  # type: ignore[arg-type]
     assert (caught.value.status, caught.value.code) == (400, "invalid_multipart")
