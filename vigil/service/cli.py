@@ -1,8 +1,9 @@
 """`vigil serve`: run the service under uvicorn, with exactly one worker.
 
-Flags override the `VIGIL_*` environment (see `service.settings.Settings`). One worker per
-process is a design choice (see `service.app`): batching happens inside the process; scale
-with more processes / containers, one per GPU.
+Every setting of `Settings` but the admin token (a secret: environment only, never in a
+process listing) is also a flag that overrides its `VIGIL_*` variable; flags, their help
+and defaults are derived from the settings' fields. One worker per process is a design
+choice (see `service.app`): batching happens inside the process.
 """
 
 from __future__ import annotations
@@ -11,99 +12,75 @@ import argparse
 import importlib.util
 import logging
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
+from vigil.core.bundle import BundleError, load_bundle
+from vigil.service.app import create_app
 from vigil.service.settings import Settings
 
-# flag -> (Settings field, type, help). Every default is None: "take the environment's".
-_FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--bundle": ("bundle", Path, "bundle directory to serve (env VIGIL_BUNDLE)"),
-    "--models-dir": (
-        "models_dir",
-        Path,
-        "the only folder reloads may load from (env VIGIL_MODELS_DIR; default: the "
-        "bundle's parent folder)",
-    ),
-    "--host": ("host", str, "address to listen on (env VIGIL_HOST; default 127.0.0.1)"),
-    "--port": ("port", int, "port to listen on (env VIGIL_PORT; default 8000)"),
-    "--providers": (
-        "providers",
-        str,
-        "ONNX Runtime execution providers, comma-separated, in order of preference "
-        "(env VIGIL_PROVIDERS; default CUDAExecutionProvider,CPUExecutionProvider)",
-    ),
-    "--intra-op-threads": (
-        "intra_op_threads",
-        int,
-        "ONNX Runtime intra-op threads, 0 = one per CPU less one for the event loop "
-        "(env VIGIL_INTRA_OP_THREADS)",
-    ),
-    "--max-batch": ("max_batch", int, "images per ONNX Runtime call (env VIGIL_MAX_BATCH)"),
-    "--max-wait-ms": (
-        "max_wait_ms",
-        float,
-        "longest wait for a batch to fill, in ms (env VIGIL_MAX_WAIT_MS)",
-    ),
-    "--target-fpr": (
-        "target_fpr",
-        float,
-        "default target FPR (env VIGIL_TARGET_FPR; default: the bundle's)",
-    ),
-    "--log-level": ("log_level", str, "critical|error|warning|info|debug (env VIGIL_LOG_LEVEL)"),
-}
+ENV_ONLY = frozenset({"admin_token"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `vigil serve` flags; each overrides its VIGIL_* environment variable."""
-    for flag, (dest, kind, text) in _FLAGS.items():
-        if "default" not in text:  # show the Settings default where the text does not explain it
-            text = f"{text[:-1]}; default {Settings.model_fields[dest].default})"
-        parser.add_argument(flag, dest=dest, type=kind, default=None, help=text)
-    parser.add_argument(
-        "--require-gpu",
-        dest="require_gpu",
-        action="store_const",
-        const=True,
-        default=None,
-        help="stay not-ready unless the session runs on CUDA (env VIGIL_REQUIRE_GPU)",
-    )
-    parser.add_argument(
-        "--no-batching",
-        dest="batching",
-        action="store_const",
-        const=False,
-        default=None,
-        help="score each request on its own (env VIGIL_BATCHING=false)",
-    )
-    parser.add_argument(
-        "--access-log",
-        dest="access_log",
-        action="store_const",
-        const=True,
-        default=None,
-        help="log every request (env VIGIL_ACCESS_LOG)",
-    )
+    """One flag per setting; each default is None: "take the environment's"."""
+    for name, info in Settings.model_fields.items():
+        if name in ENV_ONLY:
+            continue
+        env = f"VIGIL_{name.upper()}"
+        text = (info.description or name).rstrip(".")
+        kind = _plain_type(info)
+        if kind is bool:
+            on = info.default is not True
+            flag = f"--{'' if on else 'no-'}{name.replace('_', '-')}"
+            parser.add_argument(
+                flag, dest=name, action="store_const", const=on, default=None,
+                help=f"{text if on else f'turn off {name}: {text}'} (env {env}={str(on).lower()})",
+            )  # fmt: skip
+            continue
+        choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=str if choices else kind,
+            choices=choices,
+            default=None,
+            help=f"{text} (env {env}{_default_text(info)})",
+        )
+
+
+def _plain_type(info: FieldInfo) -> Any:
+    """The field's type without `| None`."""
+    kind = info.annotation
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    return kind
+
+
+def _default_text(info: FieldInfo) -> str:
+    if info.default is None:
+        return ""
+    return f"; default {info.default}"
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
-    names = [dest for dest, _, _ in _FLAGS.values()] + ["require_gpu", "batching", "access_log"]
     overrides = {
-        name: getattr(args, name) for name in names if getattr(args, name, None) is not None
+        name: getattr(args, name)
+        for name in Settings.model_fields
+        if getattr(args, name, None) is not None
     }
     return Settings(**overrides)
 
 
 def serve(args: argparse.Namespace) -> int:
     """Run the service until SIGTERM / SIGINT; returns the exit status."""
-    import uvicorn
-
-    from vigil.core.bundle import BundleError, load_bundle
-    from vigil.service.app import create_app
-
     try:
         settings = settings_from(args)
     except ValidationError as exc:
@@ -113,13 +90,14 @@ def serve(args: argparse.Namespace) -> int:
         print("vigil serve: no bundle: pass --bundle DIR or set VIGIL_BUNDLE", file=sys.stderr)
         return 2
     try:
-        load_bundle(settings.bundle)  # a wrong path or a broken bundle fails fast, not not-ready
+        load_bundle(Path(settings.bundle))  # a wrong path or broken bundle fails fast
     except BundleError as exc:
         print(f"vigil serve: error: {exc}", file=sys.stderr)
         return 2
-    level = settings.log_level.upper()
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"

@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="ignore", frozen=True)
 
     bundle: Path | None = Field(
-        default=None, description="bundle directory served at start-up (VIGIL_BUNDLE); required"
+        default=None, description="bundle directory served at start-up (required)"
     )
     models_dir: Path | None = Field(
         default=None,
