@@ -26,9 +26,11 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import save, table
+from vigil.training.config import TrainConfig
 from vigil.training.data import read_images, split_indices
-from vigil.training.evaluate import evaluate_bundle, one_class_split
-from vigil.training.pipeline import TrainConfig, normal_images, run
+from vigil.training.evaluate import evaluate_bundle
+from vigil.training.evaluate_cli import one_class_split
+from vigil.training.pipeline import normal_images, run
 
 
 def vigil(k: int, root: Path) -> dict[str, Any]:

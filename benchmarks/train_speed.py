@@ -19,9 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import save, table
+from vigil.training.config import TrainConfig
 from vigil.training.data import infer_spec, read_images, split_indices, to_inputs
 from vigil.training.models import AutoEncoder, ModelConfig
-from vigil.training.pipeline import TrainConfig
 from vigil.training.train import FitConfig, fit
 
 

@@ -25,7 +25,8 @@ def make_blobs(n: int, size: int = 28, channels: int = 1, seed: int = 0) -> np.n
 
 
 def train_bundle(out: Path, data: str, **overrides: object) -> Path:
-    from vigil.training.pipeline import TrainConfig, run
+    from vigil.training.config import TrainConfig
+    from vigil.training.pipeline import run
 
     settings: dict[str, object] = {"epochs": 2, "progress": False, "report": False, "seed": 0}
     settings.update(overrides)

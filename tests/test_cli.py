@@ -177,7 +177,7 @@ def test_evaluate_all_classes_prints_the_table_with_the_mean(
 
 
 def test_default_epochs_scale_with_the_data_set_size() -> None:
-    from vigil.training.pipeline import TrainConfig
+    from vigil.training.config import TrainConfig
 
     cfg = TrainConfig(data="x", out=Path("x"))
     assert cfg.max_epochs(4200) == 30  # Fashion-MNIST class: 66 steps an epoch

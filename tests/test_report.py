@@ -24,12 +24,11 @@ from vigil.core.bundle import (
     TrainingInfo,
     now,
 )
-from vigil.training import report
 from vigil.training.data import FASHION_MNIST_CLASSES
 from vigil.training.evaluate import Evaluation, evaluate_arrays
 from vigil.training.export import export_decoder
 from vigil.training.models import AutoEncoder, Kind, ModelConfig
-from vigil.training.report import write_report
+from vigil.training.report import plotting, write_report
 
 COMMON = {"training.png", "roc.png", "histograms.png", "examples.png", "latent.png"}
 DECODER_PLOTS = {"samples.png", "interpolation.png", "manifold.png"}
@@ -45,7 +44,7 @@ DESCRIPTIONS = {
 @pytest.fixture(autouse=True)
 def low_dpi(monkeypatch: pytest.MonkeyPatch) -> None:
     """Smaller PNGs render faster; what is drawn is the same."""
-    monkeypatch.setattr(report, "DPI", 40)
+    monkeypatch.setattr(plotting, "DPI", 40)
 
 
 def score_names(kind: Kind) -> list[str]:
@@ -226,6 +225,7 @@ def test_no_history_no_anomalies(tmp_path: Path) -> None:
         outputs={k: v[keep] for k, v in full.outputs.items()},
         thresholds=full.thresholds,
         metrics=metrics,
+        flags=full.flags[keep],
         verdict={"fpr": 0.04, "tpr": nan},
     )
     out = tmp_path / "report"

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from vigil.core.bundle import InputSpec
+from vigil.core.errors import VigilError
 from vigil.core.preprocess import ImageError, decode_image, image_to_array, uint8_to_image
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -34,8 +35,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 MAX_PIXELS = 64_000_000
 
 
-class DataError(ValueError):
+class DataError(VigilError, ValueError):
     """Data that cannot be used, with a message naming the file or the cause."""
+
+    code = "invalid_data"
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,6 @@ same preprocessing and verdict code as the service, so its numbers are the servi
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from vigil.core.bundle import Manifest, load_bundle
 from vigil.core.verdicts import Judge
 from vigil.training.calibrate import score_images
-from vigil.training.data import DataError, Images, read_images, to_inputs
+from vigil.training.data import Images, to_inputs
 
 
 def score_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -65,6 +62,7 @@ class Evaluation:
     outputs: dict[str, np.ndarray]
     thresholds: dict[str, float]
     metrics: dict[str, dict[str, float]]
+    flags: np.ndarray  # the verdict per image: any verdict score above its threshold
     verdict: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -91,7 +89,7 @@ def evaluate_arrays(
     flagged = judge.flags(outputs)
     normal = labels == 0
     verdict = {"fpr": _rate(flagged[normal]), "tpr": _rate(flagged[~normal])}
-    return Evaluation(manifest, images, labels, classes, outputs, limits, metrics, verdict)
+    return Evaluation(manifest, images, labels, classes, outputs, limits, metrics, flagged, verdict)
 
 
 def evaluate_bundle(bundle: Path, normals: Images, anomalies: Images | None) -> Evaluation:
@@ -107,126 +105,3 @@ def evaluate_bundle(bundle: Path, normals: Images, anomalies: Images | None) -> 
         classes = np.r_[normals.labels, anomalies.labels]
     outputs = score_images(bundle, images)
     return evaluate_arrays(manifest, images, labels, outputs, classes)
-
-
-# ---------------------------------------------------------------- the `vigil evaluate` command
-
-
-def one_class_split(
-    data: str, normal_class: int | None, anomaly_data: str | None
-) -> tuple[Images, Images]:
-    """Test normals and anomalies: the normal class vs the rest, or --anomaly-data."""
-    test = read_images(data, "test")
-    if anomaly_data:
-        normals = test.of_class(normal_class) if normal_class is not None else test
-        return normals, read_images(anomaly_data, "test")
-    if normal_class is None:
-        raise DataError(
-            "say which images are anomalous: --normal-class K for labelled data, "
-            "or --anomaly-data PATH"
-        )
-    return test.of_class(normal_class), test.of_class(normal_class, keep=False)
-
-
-def evaluate_one(args: argparse.Namespace) -> int:
-    """`vigil evaluate --bundle DIR --data ...`: metrics table, JSON and report."""
-    from vigil.training.pipeline import write_training_report
-
-    manifest, _ = load_bundle(args.bundle)
-    normal_class = args.normal_class
-    if normal_class is None:
-        normal_class = manifest.training.normal_class
-    normals, anomalies = one_class_split(args.data, normal_class, args.anomaly_data)
-    evaluation = evaluate_bundle(args.bundle, normals, anomalies)
-    print(format_table(evaluation))
-    out = args.out or args.bundle / "report"
-    write_training_report(out, args.bundle, evaluation, read_history(args.bundle), args.data)
-    return 0
-
-
-def read_history(bundle: Path) -> list[dict[str, float]] | None:
-    path = bundle / "history.json"
-    return json.loads(path.read_text())["epochs"] if path.exists() else None
-
-
-def format_table(evaluation: Evaluation) -> str:
-    primary = evaluation.manifest.primary_score
-    lines = [f"{'score':<16}{'AUROC':>8}{'AUPRC':>8}{'FPR@95':>8}{'FPR':>8}{'TPR':>8}"]
-    for name, m in evaluation.metrics.items():
-        mark = " *" if name == primary else ""
-        cells = [
-            m.get(key, float("nan")) for key in ("auroc", "auprc", "fpr_at_95_tpr", "fpr", "tpr")
-        ]
-        lines.append(f"{name + mark:<16}" + "".join(f"{c:>8.4f}" for c in cells))
-    v = evaluation.verdict
-    lines.append(
-        f"verdict at target FPR {evaluation.manifest.calibration.target_fpr:g}: "
-        f"FPR {v['fpr']:.4f}, TPR {v['tpr']:.4f}   (* primary score)"
-    )
-    return "\n".join(lines)
-
-
-def evaluate_all_classes(args: argparse.Namespace) -> int:
-    """Train one model per class with default settings and evaluate each: the field's benchmark."""
-    from vigil.training.pipeline import TrainConfig, run
-
-    labels = read_images(args.data, "train").labels
-    if labels is None:
-        raise DataError(f"{args.data}: --all-classes needs labelled data")
-    out = args.out or Path("evaluation")
-    rows = []
-    for k in (
-        args.classes if args.classes is not None else sorted(int(c) for c in np.unique(labels))
-    ):
-        started = time.time()
-        extra = {} if args.epochs is None else {"epochs": args.epochs}
-        cfg = TrainConfig(
-            data=args.data,
-            out=out / f"class-{k}",
-            model=args.model,
-            normal_class=k,
-            seed=args.seed,
-            report=False,
-            **extra,
-        )
-        run(cfg)
-        normals, anomalies = one_class_split(args.data, k, None)
-        evaluation = evaluate_bundle(cfg.out, normals, anomalies)
-        rows.append(class_row(k, evaluation, time.time() - started))
-        print(format_table(evaluation))
-    summary = summarise(rows)
-    (out / "all-classes.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(format_rows(summary))
-    return 0
-
-
-def class_row(k: int, evaluation: Evaluation, seconds: float) -> dict[str, Any]:
-    return {
-        "class": k,
-        "auroc": {name: m["auroc"] for name, m in evaluation.metrics.items()},
-        "verdict_fpr": evaluation.verdict["fpr"],
-        "verdict_tpr": evaluation.verdict["tpr"],
-        "seconds": round(seconds, 1),
-        "primary_score": evaluation.manifest.primary_score,
-    }
-
-
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    names = list(rows[0]["auroc"]) if rows else []
-    mean = {name: float(np.mean([r["auroc"][name] for r in rows])) for name in names}
-    return {"classes": rows, "mean_auroc": mean}
-
-
-def format_rows(summary: dict[str, Any]) -> str:
-    rows = summary["classes"]
-    names = list(summary["mean_auroc"])
-    head = f"{'class':<7}" + "".join(f"{n[:11]:>12}" for n in names) + f"{'FPR':>8}{'s':>7}"
-    lines = [head]
-    for r in rows:
-        lines.append(
-            f"{r['class']:<7}"
-            + "".join(f"{r['auroc'][n]:>12.4f}" for n in names)
-            + f"{r['verdict_fpr']:>8.4f}{r['seconds']:>7.0f}"
-        )
-    lines.append(f"{'mean':<7}" + "".join(f"{summary['mean_auroc'][n]:>12.4f}" for n in names))
-    return "\n".join(lines)

@@ -3,88 +3,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from vigil.core.bundle import DECODER_FILE, Manifest, write_manifest
+from vigil.core.bundle import Manifest, write_manifest
 from vigil.core.calibration import check_fpr
 from vigil.training.bundle import write_bundle
-from vigil.training.data import (
-    FASHION_MNIST_CLASSES,
-    DataError,
-    Images,
-    infer_spec,
-    read_images,
-    split_indices,
-    to_inputs,
-)
+from vigil.training.config import TrainConfig
+from vigil.training.data import DataError, Images, infer_spec, read_images, split_indices, to_inputs
 from vigil.training.evaluate import Evaluation, evaluate_bundle
-from vigil.training.models import AutoEncoder, Kind, ModelConfig
+from vigil.training.models import AutoEncoder
+from vigil.training.report import write_bundle_report
 from vigil.training.scores import ScoreGraph
-from vigil.training.train import FitConfig, fit, seed_everything
-
-DEFAULT_EPOCHS = 30
-MIN_STEPS = 1800  # Fashion-MNIST (66 steps an epoch) keeps 30 epochs
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every option of `vigil train`, with its default."""
-
-    data: str
-    out: Path
-    model: str = "vae"
-    normal_class: int | None = None
-    anomaly_data: str | None = None
-    image_size: tuple[int, int] | None = None
-    color_mode: str | None = None
-    latent_dim: int = 16
-    base_width: int = 8
-    beta: float | None = None
-    loss: str = "bce"
-    denoise: float = 0.0
-    epochs: int | None = None  # None: 30, or more for small data sets (see max_epochs)
-    batch_size: int = 64
-    lr: float = 1e-3
-    patience: int = 5
-    val_fraction: float = 0.1
-    cal_fraction: float = 0.2
-    target_fpr: float = 0.01
-    seed: int = 0
-    max_images: int | None = None
-    name: str | None = None
-    report: bool = True
-    progress: bool = True
-
-    @property
-    def kind(self) -> Kind:
-        if self.model == "vae" and self.beta not in (None, 1.0):
-            return "beta-vae"
-        return "vae" if self.model == "vae" else "ae"
-
-    def max_epochs(self, train_images: int) -> int:
-        """--epochs, or by default 30 epochs but at least ~1800 optimiser steps (at most 300
-        epochs): a folder of 200 images needs more epochs than 6000 Fashion-MNIST images."""
-        if self.epochs is not None:
-            return self.epochs
-        steps_per_epoch = max(1, -(-train_images // self.batch_size))
-        return min(300, max(DEFAULT_EPOCHS, -(-MIN_STEPS // steps_per_epoch)))
-
-    def fit_config(self, train_images: int) -> FitConfig:
-        return FitConfig(
-            epochs=self.max_epochs(train_images),
-            batch_size=self.batch_size,
-            lr=self.lr,
-            patience=self.patience,
-            beta=1.0 if self.beta is None else self.beta,
-            loss=self.loss,
-            denoise=self.denoise,
-            seed=self.seed,
-            progress=self.progress,
-        )
+from vigil.training.train import fit, seed_everything
 
 
 def normal_images(cfg: TrainConfig) -> Images:
@@ -121,16 +53,7 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
         f"{spec.width} {spec.color_mode}; split {splits.sizes()}"
     )
     x = torch.from_numpy(to_inputs(images, spec))
-    model_cfg = ModelConfig(
-        kind=cfg.kind,
-        channels=spec.channels,
-        height=spec.height,
-        width=spec.width,
-        latent_dim=cfg.latent_dim,
-        base_width=cfg.base_width,
-        beta=1.0 if cfg.beta is None else cfg.beta,
-    )
-    model = AutoEncoder(model_cfg)
+    model = AutoEncoder(cfg.model_config(spec))
     history = fit(model, x[splits.train], x[splits.val], cfg.fit_config(len(splits.train)))
     graph = fit_statistics(ScoreGraph(model), x[splits.train], x[splits.val])
     training = {
@@ -142,7 +65,7 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
         "seed": cfg.seed,
         "seconds": round(history.seconds, 2),
         "device": history.device,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "config": cfg.as_dict(),
     }
     name = cfg.name or cfg.out.name
     manifest = write_bundle(
@@ -187,27 +110,5 @@ def evaluate_held_out(
         print(f"held-out normals flagged: {verdict['fpr']:.3f} (no anomalies to measure against; "
               "pass --anomaly-data for AUROC)")  # fmt: skip
     if cfg.report:
-        write_training_report(cfg.out / "report", cfg.out, evaluation, history, cfg.data)
+        print(f"report: {write_bundle_report(cfg.out, evaluation, history, cfg.data)}")
     return evaluation
-
-
-def write_training_report(
-    out: Path,
-    bundle: Path,
-    evaluation: Evaluation,
-    history: list[dict[str, float]] | None,
-    data: str,
-) -> Path:
-    from vigil.training.report import write_report
-
-    decoder = bundle / DECODER_FILE
-    page = write_report(
-        out,
-        evaluation,
-        history,
-        decoder if decoder.exists() else None,
-        class_names=FASHION_MNIST_CLASSES if data == "fashion-mnist" else None,
-        title=f"Vigil report: {bundle.name}",
-    )
-    print(f"report: {page}")
-    return page

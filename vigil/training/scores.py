@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vigil.core.bundle import ERROR_MAP_OUTPUT, LATENT_OUTPUT, RECONSTRUCTION_IMAGE_OUTPUT
 from vigil.training.models import AutoEncoder, kl_divergence
 
 SSIM_WINDOW = 7
@@ -183,7 +184,12 @@ class ScoreGraph(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         scores, error_map, x_hat, mu = self.raw_scores(x)
         scores["combined"] = self.combine(scores)
-        return {**scores, "error_map": error_map, "x_hat": x_hat, "latent": mu}
+        return {
+            **scores,
+            ERROR_MAP_OUTPUT: error_map,
+            RECONSTRUCTION_IMAGE_OUTPUT: x_hat,
+            LATENT_OUTPUT: mu,
+        }
 
     @torch.no_grad()
     def fit_latent_density(self, mu: Tensor) -> None:

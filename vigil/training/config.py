@@ -1,0 +1,143 @@
+"""`vigil train`'s configuration: plain values with their defaults, each field's flag help beside it.
+
+The command's flags are derived from these fields (`training.cli`), and so are the
+training loop's and the network's configs (`fit_config`, `model_config`): every option
+and its default is defined here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vigil.core.bundle import InputSpec
+from vigil.training.models import Kind, ModelConfig
+from vigil.training.train import FitConfig
+
+DEFAULT_EPOCHS = 30
+MIN_STEPS = 1800  # Fashion-MNIST (66 steps an epoch) keeps 30 epochs
+MAX_EPOCHS = 300
+
+
+def option(help: str, **argparse: Any) -> Any:
+    """A field that is also a `vigil train` flag: its help, and argparse extras (choices...)."""
+    default = argparse.pop("default", dataclasses.MISSING)
+    return field(default=default, metadata={"help": help, **argparse})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of `vigil train`, with its default."""
+
+    data: str = option(
+        "'fashion-mnist' (the Debian dataset-fashion-mnist folder), a folder of images (PNG, "
+        "JPEG, BMP, GIF, TIFF, WebP; searched recursively), a folder or file in IDX format, "
+        "or .npy/.npz"
+    )
+    out: Path = option("bundle directory to write")
+    model: str = option("autoencoder or variational autoencoder", default="vae", choices=("ae", "vae"))  # fmt: skip
+    normal_class: int | None = option(
+        "for labelled data: the class that is normal (default: all images are normal)",
+        default=None,
+    )
+    anomaly_data: str | None = option(
+        "images known to be anomalous, for evaluation only (default: for labelled data, the "
+        "other classes)",
+        default=None,
+    )
+    image_size: tuple[int, int] | None = option(
+        "model input size N or HxW (default: the data's size, capped at 64 for folders)",
+        default=None,
+        metavar="HxW",
+    )
+    color_mode: str | None = option(
+        "grayscale or RGB (default: from the data)", default=None, choices=("L", "RGB")
+    )
+    latent_dim: int = option("latent dimensions", default=16)
+    base_width: int = option("channels of the first conv layer (doubles per stage)", default=8)
+    beta: float | None = option(
+        "KL weight of the VAE; beta != 1 makes a beta-VAE (default 1)", default=None
+    )
+    loss: str = option("reconstruction loss", default="bce", choices=("mse", "bce"))
+    denoise: float = option(
+        "train as a denoising AE: Gaussian noise of this std on the input",
+        default=0.0,
+        metavar="SIGMA",
+    )
+    epochs: int | None = option(
+        f"maximum epochs (default: {DEFAULT_EPOCHS}, more for small data sets so that "
+        f"training takes at least ~{MIN_STEPS} steps)",
+        default=None,
+    )
+    batch_size: int = option("images per step", default=64)
+    lr: float = option("Adam learning rate", default=1e-3)
+    patience: int = option(
+        "stop after this many epochs without a better validation loss", default=5
+    )
+    val_fraction: float = option(
+        "share of normal images held out for validation / early stopping", default=0.1
+    )
+    cal_fraction: float = option(
+        "share of normal images held out to calibrate thresholds", default=0.2
+    )
+    target_fpr: float = option(
+        "false-positive rate the thresholds are calibrated for", default=0.01
+    )
+    seed: int = option("seed for splits, init and batches", default=0)
+    max_images: int | None = option(
+        "use at most this many normal images (default: all)", default=None
+    )
+    name: str | None = option("model name in the manifest (default: out's name)", default=None)
+    report: bool = option("write the HTML report", default=True)
+    progress: bool = True  # the progress bar; no flag (tests and benchmarks turn it off)
+
+    @property
+    def kind(self) -> Kind:
+        if self.model == "vae" and self.beta not in (None, 1.0):
+            return "beta-vae"
+        return "vae" if self.model == "vae" else "ae"
+
+    @property
+    def beta_value(self) -> float:
+        return 1.0 if self.beta is None else self.beta
+
+    def max_epochs(self, train_images: int) -> int:
+        """--epochs, or by default 30 epochs but at least ~1800 optimiser steps (at most 300
+        epochs): a folder of 200 images needs more epochs than 6000 Fashion-MNIST images."""
+        if self.epochs is not None:
+            return self.epochs
+        steps_per_epoch = max(1, -(-train_images // self.batch_size))
+        return min(MAX_EPOCHS, max(DEFAULT_EPOCHS, -(-MIN_STEPS // steps_per_epoch)))
+
+    def fit_config(self, train_images: int) -> FitConfig:
+        """The training loop's config: the fields it shares with this one, by name."""
+        return _derive(FitConfig, self, epochs=self.max_epochs(train_images), beta=self.beta_value)
+
+    def model_config(self, spec: InputSpec) -> ModelConfig:
+        """The network's config: the fields it shares with this one, the input's shape."""
+        return _derive(
+            ModelConfig,
+            self,
+            kind=self.kind,
+            channels=spec.channels,
+            height=spec.height,
+            width=spec.width,
+            beta=self.beta_value,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready values, for the manifest."""
+        return {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()
+        }
+
+
+def _derive(cls: Any, source: Any, **overrides: Any) -> Any:
+    """An instance of dataclass `cls` from `source`'s fields of the same names, and overrides."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    shared = {
+        f.name: getattr(source, f.name) for f in dataclasses.fields(source) if f.name in names
+    }
+    return cls(**{**shared, **overrides})
