@@ -11,8 +11,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vigil.core.score_names import SCORES
+
 # Scores a response always names; those the bundle lacks (kl for an AE) are null.
-KNOWN_SCORES = ("reconstruction", "blurred", "ssim", "mahalanobis", "knn", "kl", "combined")
+KNOWN_SCORES = tuple(SCORES)
 
 
 class ErrorDetail(BaseModel):

@@ -28,22 +28,11 @@ from vigil.core.bundle import (
     write_manifest,
 )
 from vigil.core.runtime import create_session, run_batched
+from vigil.core.score_names import PRIMARY, SCORES
 from vigil.training.calibrate import make_calibration
 from vigil.training.export import OPSET, export_decoder, export_onnx
 from vigil.training.models import count_parameters
 from vigil.training.scores import ScoreGraph
-
-PRIMARY_SCORE = "combined"
-DESCRIPTIONS = {
-    "reconstruction": "mean squared error between the image and its reconstruction",
-    "ssim": "1 - mean structural similarity (SSIM, 7x7 Gaussian window) of image and reconstruction",
-    "mahalanobis": "squared Mahalanobis distance of the latent code under the training codes, / dim",
-    "kl": "KL(q(z|x) || N(0, I)) summed over latent dimensions",
-    "blurred": "mean squared error after a 5x5 Gaussian blur (sigma 1) of the error image",
-    "knn": "mean distance of the latent code to its 5 nearest training codes (scaled per dim)",
-    "combined": "mean of the log-scores of blurred, ssim, mahalanobis and knn, each standardised "
-    "on the validation split",
-}
 
 
 def versions() -> dict[str, str]:
@@ -77,7 +66,7 @@ def write_bundle(
         session = create_session(staging / MODEL_FILE, providers=["CPUExecutionProvider"])
         raw = run_batched(session, calibration_images, outputs=scores)
         source = f"{training['data_source']} (calibration split)"
-        calibration = make_calibration(raw, scores, [PRIMARY_SCORE], target_fpr, source)
+        calibration = make_calibration(raw, scores, [PRIMARY], target_fpr, source)
         manifest = _manifest(graph, spec, outputs, calibration, staging, training, name)
         write_manifest(staging, manifest)
         # mkdtemp made the folder 0700: give it the mode any new folder gets (the umask's),
@@ -123,8 +112,8 @@ def _manifest(
         input=spec,
         onnx=OnnxInfo(sha256=sha256_file(staging / MODEL_FILE), opset=OPSET, outputs=outputs),
         scores=scores,
-        primary_score=PRIMARY_SCORE,
-        score_descriptions={s: DESCRIPTIONS[s] for s in scores},
+        primary_score=PRIMARY,
+        score_descriptions={s: SCORES[s] for s in scores},
         calibration=calibration,
         training=TrainingInfo(**training, versions=versions()),
     )

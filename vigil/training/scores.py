@@ -1,19 +1,10 @@
 """Per-image anomaly scores as one torch module, so the exported graph computes them all.
 
-Scores (higher = more anomalous):
-- reconstruction: mean squared error between the image and its reconstruction;
-- blurred: mean squared error after a small Gaussian blur (5x5, sigma 1) of the error
-  image, so that pixel-level texture the decoder cannot reproduce counts less than
-  errors in shape;
-- ssim: 1 - mean structural similarity (SSIM), a structural rather than pixel error;
-- kl: KL(q(z|x) ‖ N(0, I)) summed over latent dimensions (VAE only);
-- mahalanobis: squared Mahalanobis distance of the latent code (μ) under a Gaussian
-  fitted to the training images' codes, divided by the latent dimension;
-- knn: mean Euclidean distance of the latent code to its 5 nearest training codes, each
-  latent dimension scaled by its standard deviation over the training codes;
-- combined: the mean of the log-scores of blurred, ssim, mahalanobis and knn, each
-  standardised by its mean and standard deviation on the validation split. It is the
-  primary score (see README).
+The names and descriptions are in `vigil.core.score_names`. Why these: pixel error alone
+is a weak score; `blurred` counts errors of shape more than texture the decoder cannot
+reproduce; `ssim` is structural; the latent scores (`mahalanobis`, `knn`, `kl`) catch
+images that reconstruct well but are coded unlike normal ones; `combined` averages the
+standardised log-scores of both views (README, "Detection quality").
 """
 
 from __future__ import annotations
@@ -23,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from vigil.core.bundle import ERROR_MAP_OUTPUT, LATENT_OUTPUT, RECONSTRUCTION_IMAGE_OUTPUT
+from vigil.core.score_names import COMBINED_FROM, PRIMARY, score_names
 from vigil.training.models import AutoEncoder, kl_divergence
 
 SSIM_WINDOW = 7
@@ -32,7 +24,6 @@ BLUR_WINDOW = 5
 BLUR_SIGMA = 1.0
 KNN_K = 5
 KNN_BANK = 4096  # at most this many training codes are kept for knn (4096 x latent_dim floats)
-COMBINED = ("blurred", "ssim", "mahalanobis", "knn")
 ROW_FLOATS = 16  # a whole number of SIMD packets for every CPU build (SSE 4 ... AVX-512 16)
 
 
@@ -138,15 +129,11 @@ class ScoreGraph(nn.Module):
         self.register_buffer("knn_bank_sq", torch.zeros(KNN_K))
         self.register_buffer("latent_mean", torch.zeros(d))
         self.register_buffer("latent_precision", torch.eye(d))
-        self.register_buffer("log_mean", torch.zeros(len(COMBINED)))
-        self.register_buffer("log_std", torch.ones(len(COMBINED)))
-
-    def base_scores(self) -> list[str]:
-        names = ["reconstruction", "blurred", "ssim", "mahalanobis", "knn"]
-        return [*names, "kl"] if self.variational else names
+        self.register_buffer("log_mean", torch.zeros(len(COMBINED_FROM)))
+        self.register_buffer("log_std", torch.ones(len(COMBINED_FROM)))
 
     def score_names(self) -> list[str]:
-        return [*self.base_scores(), "combined"]
+        return score_names(self.variational)
 
     def raw_scores(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
         mu, logvar = self.model.encode(x)
@@ -174,16 +161,16 @@ class ScoreGraph(nn.Module):
         return row_mean(nearest.clamp_min(0.0).sqrt())
 
     def log_scores(self, scores: dict[str, Tensor]) -> Tensor:
-        """[N, len(COMBINED)] logs of the combined scores, in whole-packet rows."""
-        stacked = packed_rows(torch.stack([scores[n] for n in COMBINED], dim=1), fill=1.0)
-        return torch.log(stacked + LOG_EPS)[:, : len(COMBINED)]
+        """[N, len(COMBINED_FROM)] logs of the combined scores, in whole-packet rows."""
+        stacked = packed_rows(torch.stack([scores[n] for n in COMBINED_FROM], dim=1), fill=1.0)
+        return torch.log(stacked + LOG_EPS)[:, : len(COMBINED_FROM)]
 
     def combine(self, scores: dict[str, Tensor]) -> Tensor:
         return row_mean((self.log_scores(scores) - self.log_mean) / self.log_std)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         scores, error_map, x_hat, mu = self.raw_scores(x)
-        scores["combined"] = self.combine(scores)
+        scores[PRIMARY] = self.combine(scores)
         return {
             **scores,
             ERROR_MAP_OUTPUT: error_map,

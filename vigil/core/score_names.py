@@ -1,0 +1,31 @@
+"""Every score a bundle's graph can compute: its name, what it measures, and which is primary.
+
+Higher is more anomalous for every score. The computations are `training.scores`; the
+names and descriptions, which the manifest and every response carry, are defined here.
+"""
+
+from __future__ import annotations
+
+# The primary score combines these, each log-transformed and standardised.
+COMBINED_FROM = ("blurred", "ssim", "mahalanobis", "knn")
+PRIMARY = "combined"
+# Only a VAE's graph computes these.
+VARIATIONAL_ONLY = frozenset({"kl"})
+
+SCORES: dict[str, str] = {
+    "reconstruction": "mean squared error between the image and its reconstruction",
+    "blurred": "mean squared error after a 5x5 Gaussian blur (sigma 1) of the error image",
+    "ssim": "1 - mean structural similarity (SSIM, 7x7 Gaussian window) of image and "
+    "reconstruction",
+    "mahalanobis": "squared Mahalanobis distance of the latent code under the training codes, "
+    "/ dim",
+    "knn": "mean distance of the latent code to its 5 nearest training codes (scaled per dim)",
+    "kl": "KL(q(z|x) || N(0, I)) summed over latent dimensions",
+    PRIMARY: f"mean of the log-scores of {', '.join(COMBINED_FROM)}, each standardised on the "
+    "validation split",
+}
+
+
+def score_names(variational: bool) -> list[str]:
+    """The scores a graph computes, in the order responses list them."""
+    return [name for name in SCORES if variational or name not in VARIATIONAL_ONLY]
