@@ -16,6 +16,7 @@ import pytest
 from fastapi import FastAPI
 from test_service_support import blob, encode, files, holder_of, make_settings, serving
 
+from vigil.service.errors import ERROR_CODES
 from vigil.service.model import ModelHolder
 
 pytestmark = pytest.mark.anyio
@@ -330,3 +331,9 @@ async def test_a_dead_inference_thread_fails_readiness(vae_bundle: Path) -> None
         ready = await client.get("/readyz")
         assert ready.status_code == 503
         assert "inference thread" in ready.json()["error"]["message"]
+
+
+def test_readme_documents_every_error_code() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [code for code in ERROR_CODES if f"`{code}`" not in readme]
+    assert not missing, f"add these to README's error table: {missing}"

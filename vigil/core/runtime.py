@@ -32,7 +32,7 @@ def create_session(
     onnxruntime-gpu lists CUDA as available even without a usable GPU and then quietly
     runs on CPU, so the providers the session really got are checked after creation.
     `allow_spinning=False` stops idle intra-op threads from busy-waiting between runs: the
-    service wants that CPU for its event loop (spinning cost it ~35% throughput on 2 cores).
+    service wants that CPU for its event loop.
     """
     available = set(ort.get_available_providers())
     wanted = [p for p in providers if p in available] or ["CPUExecutionProvider"]

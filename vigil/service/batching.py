@@ -4,11 +4,9 @@ In the spirit of Triton's dynamic batcher: an image waits in a queue until `max_
 images are queued or the oldest has waited `max_wait_s`, whichever comes first; then one
 `session.run` scores them all. The inference thread forms the batches itself: as soon as
 a call returns, it takes what queued meanwhile and starts the next, without waiting for
-the event loop, which may be busy answering the previous batch (on 2 cores, handing each
-batch back through the loop first left ONNX Runtime idle a third of the time). Results go
-back to the event loop in one callback per batch. Under load, batches fill without any
-deliberate wait: hence the default wait of 0 (also Triton's), which on CPU was as fast
-or faster at every concurrency and 3x faster for a lone client (see service.settings).
+the event loop, which may be busy answering the previous batch. Results go back to the
+event loop in one callback per batch. Under load, batches fill without any deliberate
+wait: hence the default wait of 0, also Triton's (BENCHMARKS.md has the measurements).
 With batching off, each request's images run as they come (in chunks of at most
 `max_batch`), still off the event loop.
 

@@ -1,8 +1,9 @@
 """A whole multipart body in its plainest form, split without python-multipart's state machine.
 
 Hand-written for speed: a one-image body of a few KB (the common /score request) is
-split about 6x cheaper than python-multipart parses it, +4.5 % single-image throughput
-at c = 32 (BENCHMARKS.md). Plainest form: no preamble, each part's headers one
+split several times cheaper than python-multipart parses it, a measurable share of a
+request's Python work (the figures: BENCHMARKS.md, "What was done to the hot path").
+Plainest form: no preamble, each part's headers one
 `name: value` per line, each delimiter followed by CRLF or by the closing `--`, all
 within python-multipart's limits. Anything else is declined and goes to python-multipart,
 so odd bodies get its answer; `tests/test_multipart_fast.py` holds the two to the same

@@ -12,7 +12,7 @@ JSON = "application/json"
 
 
 def dumps(data: object) -> bytes:
-    """JSON bytes; NaN and infinities (which JSON lacks) become null. ~15x faster than json."""
+    """JSON bytes; NaN and infinities (which JSON lacks) become null."""
     return orjson.dumps(data)
 
 
