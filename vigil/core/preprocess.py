@@ -1,7 +1,7 @@
 """Image decoding and preprocessing, defined once for training, evaluation and serving.
 
 Every image, from an upload, a folder or an IDX/npy array, becomes a float32
-[C, H, W] array in [0, 1] through `image_to_array`, so a score computed by
+[C, H, W] array in [0, 1] through `image_to_array` (float arrays: `float_to_input`), so a score computed by
 `vigil evaluate` and one computed by the service are the same float.
 """
 
@@ -89,6 +89,28 @@ def image_to_array(image: Image.Image, spec: InputSpec) -> np.ndarray:
     if pixels.ndim == 2:
         return pixels[None]
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def array_to_input(array: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """One image of an array file, [H, W] or [H, W, C] (uint8, or float in [0, 1]), as the
+    model's input [C, H, W]: uint8 goes through Pillow exactly like a decoded file."""
+    if array.dtype == np.uint8:
+        return image_to_array(uint8_to_image(array), spec)
+    return float_to_input(array, spec)
+
+
+def float_to_input(array: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """A float image [H, W] or [H, W, C] in [0, 1] as [C, H, W]: channels averaged or
+    repeated to the spec's, each resized bilinearly in float (no 8-bit rounding)."""
+    chw = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    if chw.shape[0] != spec.channels:
+        chw = chw.mean(axis=0, keepdims=True) if spec.channels == 1 else np.repeat(chw, 3, axis=0)
+    if chw.shape[1:] == (spec.height, spec.width):
+        return chw
+    size = (spec.width, spec.height)
+    return np.stack(
+        [np.asarray(Image.fromarray(c).resize(size, Image.Resampling.BILINEAR)) for c in chw]
+    )
 
 
 def uint8_to_image(array: np.ndarray) -> Image.Image:

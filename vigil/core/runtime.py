@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from vigil.core.bundle import ERROR_MAP_OUTPUT, BundleError, Manifest
 from vigil.core.errors import VigilError
 
 log = logging.getLogger("vigil.runtime")
@@ -50,6 +51,25 @@ def create_session(
     if require and actual[0] != require:
         raise ProviderError(f"{require} is required but the session runs on {actual[0]}")
     return session
+
+
+def check_graph(session: ort.InferenceSession, manifest: Manifest) -> None:
+    """`BundleError` unless the graph takes the manifest's input and computes its scores."""
+    inputs = session.get_inputs()
+    spec = manifest.input
+    if len(inputs) != 1 or inputs[0].name != manifest.onnx.input_name:
+        names = [i.name for i in inputs]
+        raise BundleError(f"the graph's inputs {names} are not [{manifest.onnx.input_name!r}]")
+    expected = [spec.channels, spec.height, spec.width]
+    shape = list(inputs[0].shape)[1:]
+    if len(shape) != 3 or any(
+        isinstance(d, int) and d != e for d, e in zip(shape, expected, strict=True)
+    ):
+        raise BundleError(f"the graph's input shape {inputs[0].shape} does not fit {expected}")
+    outputs = {o.name for o in session.get_outputs()}
+    missing = [name for name in [*manifest.scores, ERROR_MAP_OUTPUT] if name not in outputs]
+    if missing:
+        raise BundleError(f"the graph lacks the outputs {missing}")
 
 
 def run(

@@ -27,7 +27,7 @@ import onnxruntime as ort
 from vigil.core.bundle import ERROR_MAP_OUTPUT, BundleError, InputSpec, Manifest, load_bundle
 from vigil.core.calibration import CalibrationError
 from vigil.core.errors import VigilError
-from vigil.core.runtime import create_session, run
+from vigil.core.runtime import check_graph, create_session, run
 from vigil.core.verdicts import Judge
 from vigil.service.batching import Batcher, BatchObserver, Outputs
 from vigil.service.metrics import Metrics
@@ -91,7 +91,7 @@ def load_model(path: Path, settings: Settings, observer: BatchObserver | None) -
     started = time.perf_counter()
     manifest, model_path = load_bundle(path)
     session = _open_session(model_path, settings)
-    _check_graph(session, manifest)
+    check_graph(session, manifest)
     judge = Judge(manifest)
     target_fpr = _default_target_fpr(judge, settings)
     provider = session.get_providers()[0]
@@ -148,24 +148,6 @@ def service_threads() -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return max(1, cpus - 1)
-
-
-def _check_graph(session: ort.InferenceSession, manifest: Manifest) -> None:
-    inputs = session.get_inputs()
-    spec = manifest.input
-    if len(inputs) != 1 or inputs[0].name != manifest.onnx.input_name:
-        names = [i.name for i in inputs]
-        raise BundleError(f"the graph's inputs {names} are not [{manifest.onnx.input_name!r}]")
-    expected = [spec.channels, spec.height, spec.width]
-    shape = list(inputs[0].shape)[1:]
-    if len(shape) != 3 or any(
-        isinstance(d, int) and d != e for d, e in zip(shape, expected, strict=True)
-    ):
-        raise BundleError(f"the graph's input shape {inputs[0].shape} does not fit {expected}")
-    outputs = {o.name for o in session.get_outputs()}
-    missing = [name for name in [*manifest.scores, ERROR_MAP_OUTPUT] if name not in outputs]
-    if missing:
-        raise BundleError(f"the graph lacks the outputs {missing}")
 
 
 def _default_target_fpr(judge: Judge, settings: Settings) -> float:
