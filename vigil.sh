@@ -43,10 +43,11 @@ venv() {
     "$PYTHON" -m venv "$VENV"
   fi
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    say "installing vigil[train,cpu,dev] into $VENV"
+    say "installing vigil[train,cpu,dev,ray] into $VENV"
     # torch is pinned (==2.13.0); for the small CPU-only build set
     # PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu before running this.
-    "$BIN/python" -m pip install -q -e ".[train,cpu,dev]"
+    # ray: `vigil score --ray` and its tests (ray[data], with the batch extra's pyarrow).
+    "$BIN/python" -m pip install -q -e ".[train,cpu,dev,ray]"
     touch "$stamp"
   fi
 }

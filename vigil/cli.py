@@ -1,4 +1,4 @@
-"""The `vigil` command: train, evaluate, calibrate, serve.
+"""The `vigil` command: train, evaluate, calibrate, serve, score.
 
 Each subcommand's flags live with what it runs (`training.cli`, `service.cli`). The
 training commands import torch, so their module is imported only when one of them is
@@ -17,6 +17,7 @@ from vigil.core.errors import VigilError
 
 TRAINING = ("train", "evaluate", "calibrate")
 TRAIN_EXTRA = {"torch", "onnx", "onnxscript", "sklearn", "matplotlib", "tqdm"}
+BATCH_EXTRA = {"pyarrow", "tqdm"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -54,9 +55,22 @@ def _add_serve(sub: Any, _: str) -> None:
     p.set_defaults(run=cli.serve)
 
 
+def _add_score(sub: Any, _: str) -> None:
+    from vigil.batch import cli  # Parquet (pyarrow): only to score; Ray only with --ray
+
+    cli.add_parser(sub, HelpFormatter, _ray_runner)
+
+
+def _ray_runner() -> Callable[..., None]:
+    from vigil.batch import ray_job  # Ray Data, imported once `vigil score --ray` has set it up
+
+    return ray_job.score_ray
+
+
 BUILDERS: dict[str, Callable[[Any, str], None]] = {
     **dict.fromkeys(TRAINING, _add_training),
     "serve": _add_serve,
+    "score": _add_score,
 }
 
 
@@ -73,11 +87,13 @@ def parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 
 def _missing_extra(exc: ModuleNotFoundError, command: str) -> int:
-    """Training commands in a serving-only install: say what to install, not a traceback."""
-    if exc.name not in TRAIN_EXTRA:
+    """Training or scoring commands in a serving-only install: say what to install, not a
+    traceback."""
+    extra = "batch" if command == "score" and exc.name in BATCH_EXTRA else "train"
+    if exc.name not in (BATCH_EXTRA if extra == "batch" else TRAIN_EXTRA):
         raise exc
-    print(f"vigil {command}: needs {exc.name}, from the train extra: "
-          "pip install -e '.[train,cpu]'", file=sys.stderr)  # fmt: skip
+    print(f"vigil {command}: needs {exc.name}, from the {extra} extra: "
+          f"pip install -e '.[{extra},cpu]'", file=sys.stderr)  # fmt: skip
     return 2
 
 

@@ -1,0 +1,141 @@
+"""`vigil score --ray`: the same job on a Ray cluster, with Ray Data.
+
+`read_binary_files` reads the files as bytes with their paths; `map_batches` hands
+batches to a pool of `ScoreActor`s (`ActorPoolStrategy`), each holding one ONNX Runtime
+session and running `scoring.score`, the local path's code; `write_parquet` writes the
+rows. The driver validates the bundle and ships the manifest and graph to the actors as
+bytes, so workers need no copy of the bundle; they need the input files (shared storage
+or object storage).
+
+`--out` is a folder of Parquet files (one dataset). A local `--out` is written as
+`.NAME.partial-PID` and renamed when complete; a URI (s3://...) is written in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import ray.data
+
+from vigil.batch import inputs
+from vigil.batch.decoding import decode
+from vigil.batch.local import default_workers, partial_path
+from vigil.batch.scoring import Model, Options, open_model_bytes, schema, score
+from vigil.batch.summary import Summary
+from vigil.core.errors import VigilError
+from vigil.core.readers import IMAGE_SUFFIXES
+
+# CPUs reserved per read or write task: they wait on storage, the actors do the work. With
+# the default of 1, actors holding every CPU would starve them (the job would hang).
+IO_CPUS = 0.25
+
+
+class ScoreActor:
+    """One ONNX Runtime session per actor; each call scores one batch of files."""
+
+    def __init__(self, manifest_json: str, onnx: bytes, options: Options) -> None:
+        self.model = open_model_bytes(manifest_json, onnx, options)
+        self.schema = schema(self.model)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        paths = [str(p) for p in batch["path"]]
+        decoded = decode(
+            paths, list(batch["bytes"]), self.model.manifest.input, self.model.options.max_pixels
+        )
+        return score(self.model, decoded, self.schema)
+
+
+def score_ray(
+    args: argparse.Namespace, model: Model, sources: list[inputs.Source], summary: Summary
+) -> None:
+    """Score `sources` on the cluster into the folder `args.out`, counting rows into `summary`."""
+    files = [s for s in sources if isinstance(s, inputs.Files)]
+    if len(files) < len(sources):
+        raise VigilError("--ray reads image files; score IDX and .npy/.npz inputs without --ray",
+                         "invalid_request")  # fmt: skip
+    out, local = args.out, not inputs.URI.match(args.out)
+    if local and Path(out).exists() and not args.overwrite:
+        raise VigilError(f"{out} exists; pass --overwrite to replace it", "invalid_request")
+    if local:
+        inputs.count(sources)  # a clear error for an empty input before the cluster starts
+    _connect(args)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = args.progress
+    logging.getLogger("ray.data").setLevel(logging.INFO if args.progress else logging.WARNING)
+    target = str(partial_path(Path(out))) if local else out
+    try:
+        _dataset(files).map_batches(
+            ScoreActor,
+            fn_constructor_args=(
+                model.manifest.model_dump_json(),
+                _graph(args, model),
+                model.options,
+            ),
+            compute=ray.data.ActorPoolStrategy(size=args.actors),
+            batch_size=args.batch_size,
+            batch_format="numpy",
+            num_cpus=args.cpus_per_actor,
+            num_gpus=args.gpus_per_actor,
+        ).write_parquet(target, schema=schema(model), ray_remote_args={"num_cpus": IO_CPUS})
+        if local:
+            _publish(Path(target), Path(out))
+    except BaseException:
+        if local:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    summary.add(pq.read_table(out, columns=["is_anomaly", "error"]))
+
+
+def _graph(args: argparse.Namespace, model: Model) -> bytes:
+    """The ONNX file the driver validated (the actors check its sha256 again)."""
+    return (Path(args.bundle) / model.manifest.onnx.file).read_bytes()
+
+
+def _connect(args: argparse.Namespace) -> None:
+    """Join the cluster at --ray ADDRESS (or RAY_ADDRESS), or start a local one."""
+    try:
+        if args.ray != "local" or "RAY_ADDRESS" in os.environ:
+            address = None if args.ray == "local" else args.ray
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            # Logical CPUs: the actors' and one more, so that reads and writes always fit.
+            cpus = max(default_workers(), math.ceil(args.actors * args.cpus_per_actor)) + 1
+            ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise VigilError(
+            f"cannot reach the Ray cluster at {args.ray}: {exc}", "ray_unavailable"
+        ) from exc
+
+
+def _dataset(files: list[inputs.Files]) -> ray.data.Dataset:
+    """Folders and URIs as Ray lists them (image suffixes only), other inputs file by file."""
+    listed = [
+        f.given if f.kind == "uri" else os.path.abspath(f.given)
+        for f in files
+        if f.kind in ("folder", "uri")
+    ]
+    named = [path for f in files if f.kind not in ("folder", "uri") for path in f.paths()]
+    parts = []
+    if listed:
+        suffixes = sorted(s.lstrip(".") for s in IMAGE_SUFFIXES)
+        parts.append(
+            ray.data.read_binary_files(listed, include_paths=True, file_extensions=suffixes)
+        )
+    if named:
+        parts.append(ray.data.read_binary_files(named, include_paths=True))
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+def _publish(partial: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    partial.replace(out)

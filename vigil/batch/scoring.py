@@ -1,0 +1,142 @@
+"""Scoring a batch of inputs into result rows: the code both `vigil score` paths run.
+
+Decoding is `core.preprocess` (the service's `load_image` for encoded files), the graph
+is the bundle's ONNX graph through `core.runtime`, verdicts are `core.verdicts.Judge.judge`,
+as in POST /score: a file's row holds the floats the service answers for it.
+
+One row per input, in input order: `path`, `is_anomaly`, `score` (the primary score), one
+column per score, `flagged_by`, `p_value` (the primary score's), `error` (null, or the
+error code the service would answer for that file; `unreadable_file` when the file
+could not even be read). A row with an error has nulls in the other columns.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import pyarrow as pa
+
+from vigil.batch.decoding import Decoded
+from vigil.core.bundle import BundleError, Manifest, load_bundle, sha256_file
+from vigil.core.errors import VigilError
+from vigil.core.runtime import check_graph, create_session, run
+from vigil.core.verdicts import Judge
+
+# ONNX Runtime failed on the batch (the service's code): its rows carry it, the job goes on.
+INFERENCE_ERROR = "inference_failed"
+METADATA_KEY = b"vigil"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a scoring process needs besides the bundle (plain values: they travel to workers)."""
+
+    target_fpr: float | None = None  # None: the bundle's calibrated target
+    max_pixels: int = 16_000_000
+    providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    intra_op_threads: int = 0
+
+
+@dataclass(eq=False)
+class Model:
+    """A bundle ready to score: manifest, session, judge and the target FPR of the job."""
+
+    manifest: Manifest
+    session: ort.InferenceSession
+    judge: Judge
+    target_fpr: float
+    options: Options
+
+    @property
+    def ref(self) -> dict[str, object]:
+        """What the service's responses name the model by."""
+        m = self.manifest
+        return {"name": m.name, "version": m.version, "sha256": m.onnx.sha256}
+
+
+def open_model(bundle: Path, options: Options) -> Model:
+    """Validate a bundle, open its session and check the target FPR; `BundleError` or
+    `CalibrationError` saying what is wrong."""
+    manifest, model_path = load_bundle(bundle)
+    return _model(manifest, model_path, options)
+
+
+def open_model_bytes(manifest_json: str, onnx: bytes, options: Options) -> Model:
+    """`open_model` from a bundle's manifest and graph shipped as bytes (to a Ray actor,
+    which may run on a machine without the bundle's folder)."""
+    manifest = Manifest.model_validate_json(manifest_json)
+    with tempfile.TemporaryDirectory(prefix="vigil-bundle-") as folder:
+        path = Path(folder) / manifest.onnx.file
+        path.write_bytes(onnx)
+        if sha256_file(path) != manifest.onnx.sha256:
+            raise BundleError("the graph received does not match the manifest's sha256")
+        return _model(manifest, path, options)
+
+
+def _model(manifest: Manifest, model_path: Path, options: Options) -> Model:
+    try:
+        session = create_session(
+            model_path, options.providers, options.intra_op_threads, allow_spinning=False
+        )
+    except VigilError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+        raise BundleError(f"ONNX Runtime cannot load {model_path}: {exc}") from exc
+    check_graph(session, manifest)
+    judge = Judge(manifest)
+    target_fpr = options.target_fpr or judge.default_fpr
+    judge.thresholds(target_fpr)  # CalibrationError when the calibration cannot meet it
+    return Model(manifest, session, judge, target_fpr, options)
+
+
+def schema(model: Model) -> pa.Schema:
+    """The result table's columns, with the bundle and the verdict's settings as metadata."""
+    m = model.manifest
+    fields = [
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("is_anomaly", pa.bool_()),
+        pa.field("score", pa.float32()),
+        *(pa.field(name, pa.float32()) for name in m.scores),
+        pa.field("flagged_by", pa.list_(pa.string())),
+        pa.field("p_value", pa.float64()),
+        pa.field("error", pa.string()),
+    ]
+    meta = {
+        "model": model.ref,
+        "target_fpr": model.target_fpr,
+        "primary_score": m.primary_score,
+        "verdict_scores": model.judge.verdict_scores,
+        "thresholds": model.judge.thresholds(model.target_fpr),
+    }
+    return pa.schema(fields, metadata={METADATA_KEY: json.dumps(meta).encode()})
+
+
+def score(model: Model, decoded: Decoded, out_schema: pa.Schema) -> pa.Table:
+    """The result rows of one decoded batch (scored in one ONNX Runtime call)."""
+    names = list(model.manifest.scores)
+    errors = list(decoded.errors)
+    verdicts = []
+    if len(decoded.inputs):
+        try:
+            raw = run(model.session, decoded.inputs, names)
+            verdicts = model.judge.judge(raw, model.target_fpr)
+        except Exception:  # ONNX Runtime failed on this batch: its rows say so
+            errors = [INFERENCE_ERROR if e is None else e for e in errors]
+    rows = iter(verdicts)
+    # For each row, its verdict (None for an error), in input order.
+    per_row = [next(rows) if e is None else None for e in errors]
+    columns: dict[str, list[Any]] = {
+        "path": list(decoded.paths),
+        "is_anomaly": [None if v is None else v.is_anomaly for v in per_row],
+        "score": [None if v is None else v.score for v in per_row],
+        **{name: [None if v is None else v.scores[name] for v in per_row] for name in names},
+        "flagged_by": [None if v is None else v.flagged_by for v in per_row],
+        "p_value": [None if v is None else v.p_values[model.judge.primary] for v in per_row],
+        "error": errors,
+    }
+    return pa.Table.from_pydict(columns, schema=out_schema)
