@@ -214,3 +214,14 @@ def test_a_killed_job_never_leaves_a_half_written_result(vae_bundle: Path, tmp_p
     process.communicate(timeout=60)
     assert not out.exists()  # the result's name only ever holds a complete file
     assert partial.exists()  # what is left: the hidden partial file (README: safe to delete)
+
+
+def test_vigil_score_needs_no_torch(vae_bundle: Path, tmp_path: Path) -> None:
+    """A serving install plus the batch extra scores: nothing on the path imports torch."""
+    folder = image_folder(tmp_path, count=2)
+    argv = ["score", "--bundle", str(vae_bundle), "--out", str(tmp_path / "o.parquet"),
+            str(folder), "--workers", "0", "--no-progress"]  # fmt: skip
+    code = f"import sys; sys.modules['torch'] = None; from vigil.cli import main; sys.exit(main({argv!r}))"  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert pq.read_table(tmp_path / "o.parquet").num_rows == 2 + 4 + 3

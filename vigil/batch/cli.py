@@ -44,7 +44,8 @@ def add_parser(
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--target-fpr", type=float, default=None,
                    help="target false-positive rate of the verdicts (default: the bundle's)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=1024, help="images per ONNX Runtime call")
+    p.add_argument("--batch-size", type=int, default=Options.batch_size,
+                   help="images per ONNX Runtime call (more on a GPU)")  # fmt: skip
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="local decode processes (0: decode in the main process)")  # fmt: skip
     pixels = Settings.model_fields["max_image_pixels"].default
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         max_pixels=args.max_image_pixels,
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
         intra_op_threads=args.intra_op_threads,
+        batch_size=args.batch_size,
     )
     model = open_model(args.bundle, options)
     summary = Summary(model.target_fpr)
@@ -101,7 +103,7 @@ def _local(
     if out.exists() and not args.overwrite:
         raise VigilError(f"{out} exists; pass --overwrite to replace it", "invalid_request")
     total = inputs.count(sources)
-    job = LocalJob(out, args.batch_size, args.workers, args.progress)
+    job = LocalJob(out, args.workers, args.progress)
     score_local(job, model, sources, total, summary)
 
 

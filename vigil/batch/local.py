@@ -2,8 +2,8 @@
 stream the rows into one Parquet file.
 
 Decode workers (processes: Pillow's Python work holds the GIL) read and preprocess chunks
-of files; the main process gathers `batch_size` inputs, runs the graph once, judges, and
-appends the rows. At most `4 x workers` chunks are in flight and rows are written in row
+of files; the main process gathers groups of 1024 inputs, runs the graph on them
+`--batch-size` at a time, judges them, and appends the rows. At most `4 x workers` chunks are in flight and rows are written in row
 groups as they come, so memory stays bounded whatever the number of images; rows keep
 the input order.
 
@@ -30,7 +30,7 @@ from tqdm import tqdm
 from vigil.batch import decoding
 from vigil.batch.decoding import Decoded
 from vigil.batch.inputs import Arrays, Source
-from vigil.batch.scoring import Model, schema, score
+from vigil.batch.scoring import GROUP, Model, schema, score
 from vigil.batch.summary import Summary
 from vigil.core.bundle import InputSpec
 
@@ -48,7 +48,6 @@ def default_workers() -> int:
 @dataclass(frozen=True)
 class LocalJob:
     out: Path
-    batch_size: int = 1024
     workers: int = field(default_factory=default_workers)  # 0: decode in this process
     progress: bool = True
 
@@ -82,14 +81,14 @@ def score_local(
 def _tables(
     job: LocalJob, model: Model, out_schema: pa.Schema, decoded: Iterator[Decoded]
 ) -> Iterator[pa.Table]:
-    """Result tables of about ROW_GROUP rows, each batch of `batch_size` inputs scored at once."""
+    """Result tables of about ROW_GROUP rows, scored GROUP inputs at a time."""
     pending: list[Decoded] = []
     ready: list[pa.Table] = []
     waiting = rows = 0
     for part in decoded:
         pending.append(part)
         waiting += len(part.paths)
-        if waiting >= job.batch_size:
+        if waiting >= GROUP:
             ready.append(score(model, Decoded.concat(pending), out_schema))
             rows += ready[-1].num_rows
             pending, waiting = [], 0

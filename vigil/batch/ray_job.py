@@ -14,6 +14,7 @@ or object storage).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -27,9 +28,9 @@ import ray
 import ray.data
 
 from vigil.batch import inputs
-from vigil.batch.decoding import decode
+from vigil.batch.decoding import decode, read_files
 from vigil.batch.local import default_workers, partial_path
-from vigil.batch.scoring import Model, Options, open_model_bytes, schema, score
+from vigil.batch.scoring import GROUP, Model, Options, open_model_bytes, schema, score
 from vigil.batch.summary import Summary
 from vigil.core.errors import VigilError
 from vigil.core.readers import IMAGE_SUFFIXES
@@ -72,16 +73,19 @@ def score_ray(
     context.enable_progress_bars = args.progress
     logging.getLogger("ray.data").setLevel(logging.INFO if args.progress else logging.WARNING)
     target = str(partial_path(Path(out))) if local else out
+    # An actor's ONNX Runtime threads: the CPUs it holds, unless told.
+    threads = args.intra_op_threads or max(1, int(args.cpus_per_actor))
+    options = dataclasses.replace(model.options, intra_op_threads=threads)
     try:
         _dataset(files).map_batches(
             ScoreActor,
             fn_constructor_args=(
                 model.manifest.model_dump_json(),
                 _graph(args, model),
-                model.options,
+                options,
             ),
             compute=ray.data.ActorPoolStrategy(size=args.actors),
-            batch_size=args.batch_size,
+            batch_size=GROUP,
             batch_format="numpy",
             num_cpus=args.cpus_per_actor,
             num_gpus=args.gpus_per_actor,
@@ -101,7 +105,10 @@ def _graph(args: argparse.Namespace, model: Model) -> bytes:
 
 
 def _connect(args: argparse.Namespace) -> None:
-    """Join the cluster at --ray ADDRESS (or RAY_ADDRESS), or start a local one."""
+    """Join the cluster at --ray ADDRESS (or RAY_ADDRESS), or start a local one (unless this
+    process is connected already)."""
+    if ray.is_initialized():
+        return
     try:
         if args.ray != "local" or "RAY_ADDRESS" in os.environ:
             address = None if args.ray == "local" else args.ray
@@ -117,7 +124,9 @@ def _connect(args: argparse.Namespace) -> None:
 
 
 def _dataset(files: list[inputs.Files]) -> ray.data.Dataset:
-    """Folders and URIs as Ray lists them (image suffixes only), other inputs file by file."""
+    """Rows of `bytes` and `path`. Folders and URIs are listed by Ray (image suffixes only);
+    files named one by one (lists, globs) are read by tasks that turn a missing or unreadable
+    file into a row with no bytes, as the local path does, rather than failing the job."""
     listed = [
         f.given if f.kind == "uri" else os.path.abspath(f.given)
         for f in files
@@ -128,11 +137,22 @@ def _dataset(files: list[inputs.Files]) -> ray.data.Dataset:
     if listed:
         suffixes = sorted(s.lstrip(".") for s in IMAGE_SUFFIXES)
         parts.append(
-            ray.data.read_binary_files(listed, include_paths=True, file_extensions=suffixes)
+            ray.data.read_binary_files(
+                listed, include_paths=True, file_extensions=suffixes, num_cpus=IO_CPUS
+            )
         )
     if named:
-        parts.append(ray.data.read_binary_files(named, include_paths=True))
+        paths = ray.data.from_items([{"path": path} for path in named])
+        parts.append(paths.map_batches(_read, batch_format="pyarrow", num_cpus=IO_CPUS))
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+FILE_ROWS = pa.schema([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def _read(batch: pa.Table) -> pa.Table:
+    paths = batch["path"].to_pylist()
+    return pa.Table.from_pydict({"bytes": read_files(paths), "path": paths}, schema=FILE_ROWS)
 
 
 def _publish(partial: Path, out: Path) -> None:

@@ -13,11 +13,13 @@ could not even be read). A row with an error has nulls in the other columns.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 
@@ -30,6 +32,10 @@ from vigil.core.verdicts import Judge
 # ONNX Runtime failed on the batch (the service's code): its rows carry it, the job goes on.
 INFERENCE_ERROR = "inference_failed"
 METADATA_KEY = b"vigil"
+# Rows per scoring call (a local group, a Ray batch): judged and turned into a table at once.
+GROUP = 1024
+
+log = logging.getLogger("vigil.batch")
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,9 @@ class Options:
     max_pixels: int = 16_000_000
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
     intra_op_threads: int = 0
+    # Images per ONNX Runtime call. This small graph runs fastest per image in batches of
+    # 32-64 on CPU (larger ones leave the caches; BENCHMARKS.md); use more on a GPU.
+    batch_size: int = 64
 
 
 @dataclass(eq=False)
@@ -117,19 +126,30 @@ def schema(model: Model) -> pa.Schema:
 
 
 def score(model: Model, decoded: Decoded, out_schema: pa.Schema) -> pa.Table:
-    """The result rows of one decoded batch (scored in one ONNX Runtime call)."""
+    """The result rows of one decoded group, run through the graph `batch_size` images per
+    ONNX Runtime call; a call that fails marks its images `inference_failed`."""
     names = list(model.manifest.scores)
-    errors = list(decoded.errors)
-    verdicts = []
-    if len(decoded.inputs):
+    inputs, size = decoded.inputs, model.options.batch_size
+    parts, failed = [], np.zeros(len(inputs), bool)
+    for start in range(0, len(inputs), size):
         try:
-            raw = run(model.session, decoded.inputs, names)
-            verdicts = model.judge.judge(raw, model.target_fpr)
-        except Exception:  # ONNX Runtime failed on this batch: its rows say so
-            errors = [INFERENCE_ERROR if e is None else e for e in errors]
-    rows = iter(verdicts)
-    # For each row, its verdict (None for an error), in input order.
-    per_row = [next(rows) if e is None else None for e in errors]
+            parts.append(run(model.session, inputs[start : start + size], names))
+        except Exception:
+            log.exception(
+                "ONNX Runtime failed on a batch of %d images", len(inputs[start : start + size])
+            )
+            failed[start : start + size] = True
+    verdicts = []
+    if parts:
+        raw = {name: np.concatenate([part[name] for part in parts]) for name in names}
+        verdicts = model.judge.judge(raw, model.target_fpr)
+    # Each row's verdict (None for an error), in input order.
+    ran, judged, errors, per_row = iter(failed), iter(verdicts), [], []
+    for error in decoded.errors:
+        if error is None and next(ran):
+            error = INFERENCE_ERROR
+        errors.append(error)
+        per_row.append(next(judged) if error is None else None)
     columns: dict[str, list[Any]] = {
         "path": list(decoded.paths),
         "is_anomaly": [None if v is None else v.is_anomaly for v in per_row],
