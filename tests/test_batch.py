@@ -211,7 +211,7 @@ def test_a_killed_job_never_leaves_a_half_written_result(vae_bundle: Path, tmp_p
     process = _start(vae_bundle, out, listing)
     partial = _wait_for_partial(out, process)
     process.kill()  # SIGKILL: no clean-up runs
-    process.communicate(timeout=60)
+    process.communicate(timeout=60)  # returns once the decode worker, orphaned, has exited too
     assert not out.exists()  # the result's name only ever holds a complete file
     assert partial.exists()  # what is left: the hidden partial file (README: safe to delete)
 

@@ -5,7 +5,10 @@ Light on purpose (numpy, Pillow, the core): local decode workers import only thi
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +88,19 @@ def configure(spec_json: str, max_pixels: int) -> None:
     _worker["max_pixels"] = max_pixels
 
 
-def init_worker(spec_json: str, max_pixels: int) -> None:
-    """A decode process's initializer: settings, and Ctrl-C left to the main process."""
+def init_worker(spec_json: str, max_pixels: int, parent: int) -> None:
+    """A decode process's initializer: settings, Ctrl-C left to the main process, and an
+    exit when the main process is gone (killed outright, it cannot stop its workers)."""
     configure(spec_json, max_pixels)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    # `parent` comes from the main process: it may be gone before this worker has started.
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def decode_files(paths: list[str]) -> Decoded:

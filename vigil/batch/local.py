@@ -66,7 +66,9 @@ def score_local(
         with (
             _pool(job.workers, model.manifest.input, model.options.max_pixels) as pool,
             pq.ParquetWriter(partial, out_schema) as writer,
-            tqdm(total=total, unit=" images", disable=not job.progress, smoothing=0.1) as bar,
+            tqdm(
+                total=total, unit=" images", disable=None if job.progress else True, smoothing=0.1
+            ) as bar,
         ):
             for table in _tables(job, model, out_schema, _decoded(pool, sources, job.workers)):
                 writer.write_table(table, row_group_size=ROW_GROUP)
@@ -76,6 +78,11 @@ def score_local(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def _quiet(job: LocalJob) -> bool | None:
+    """tqdm's `disable`: None turns the bar off by itself when stderr is not a terminal."""
+    return None if job.progress else True
 
 
 def _tables(
@@ -122,7 +129,7 @@ def _pool(workers: int, spec: InputSpec, max_pixels: int) -> Executor:
         workers,
         mp_context=multiprocessing.get_context("spawn"),  # no fork of ONNX Runtime's threads
         initializer=decoding.init_worker,
-        initargs=init,
+        initargs=(*init, os.getpid()),
     )
 
 
