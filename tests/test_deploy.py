@@ -1,5 +1,5 @@
 """Deployment files: the Dockerfile, .dockerignore, docker-compose.yml, Prometheus config and
-alerts.
+alerts, the Grafana provisioning and dashboard.
 
 The static checks need only PyYAML. The tool checks run the real validators and skip when the
 binary is absent (set VIGIL_REQUIRE_DEPLOY_TOOLS=1, e.g. in CI, to make that a failure):
@@ -13,6 +13,7 @@ binary is absent (set VIGIL_REQUIRE_DEPLOY_TOOLS=1, e.g. in CI, to make that a f
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_GPU = ROOT / "deploy" / "docker-compose.gpu.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 ALERTS = ROOT / "deploy" / "alerts.yml"
+GRAFANA = ROOT / "deploy" / "grafana"
 
 # What the image may copy in, and what the service exports (deploy/alerts.yml header).
 IMAGE_SOURCES = {"pyproject.toml", "README.md", "vigil"}
@@ -276,9 +278,10 @@ def _container_port(port: str | int | dict[str, Any]) -> int:
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, str]:
-    """Container path -> host path of a service's bind mounts (short syntax)."""
+    """Container path -> host path of its mounts (short syntax; `${VAR:-default}` -> default)."""
     out = {}
     for volume in service.get("volumes", []):
+        volume = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", volume)
         source, target, *_ = volume.split(":")
         out[target] = source
     return out
@@ -292,7 +295,9 @@ def test_compose_prometheus_scrapes_the_service() -> None:
     assert int(vigil["environment"]["VIGIL_PORT"]) == port
     assert vigil["environment"]["VIGIL_BUNDLE"] == "/models/default"
     assert _mounts(vigil)["/models"] == "./models"
-    assert "ro" in next(v for v in vigil["volumes"] if ":/models" in v).split(":")[2:]
+    assert next(v for v in vigil["volumes"] if ":/models" in v).endswith(":/models:ro")
+    # Non-root (the image's USER) on a read-only root filesystem; /tmp in memory.
+    assert vigil["read_only"] is True and vigil["tmpfs"] == ["/tmp"]
     assert any("/readyz" in part for part in vigil["healthcheck"]["test"])
     assert prometheus["depends_on"]["vigil"]["condition"] == "service_healthy"
     image, _, tag = prometheus["image"].rpartition(":")
@@ -323,6 +328,20 @@ def test_compose_gpu_override() -> None:
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
 
 
+def test_compose_grafana_is_provisioned() -> None:
+    grafana = _load(COMPOSE)["services"]["grafana"]
+    image, _, tag = grafana["image"].rpartition(":")
+    assert image == "grafana/grafana" and re.fullmatch(r"\d+\.\d+\.\d+", tag)
+    mounts = {target: ROOT / source for target, source in _mounts(grafana).items()}
+    assert mounts["/etc/grafana/provisioning"].resolve() == GRAFANA / "provisioning"
+    (provider,) = _load(GRAFANA / "provisioning" / "dashboards" / "vigil.yml")["providers"]
+    assert mounts[provider["options"]["path"]].resolve() == GRAFANA / "dashboards"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (GRAFANA / "dashboards" / PurePosixPath(home).name).is_file()
+    assert home.startswith(provider["options"]["path"] + "/")
+    assert "prometheus" in grafana["depends_on"]
+
+
 @pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, COMPOSE_GPU]], ids=["cpu", "gpu"])
 def test_compose_config_validates(files: list[Path]) -> None:
     compose = _compose()
@@ -335,8 +354,11 @@ def test_compose_config_validates(files: list[Path]) -> None:
     resolved = yaml.safe_load(_run([*cmd, "config"], env=env).stdout)
     vigil = resolved["services"]["vigil"]
     assert vigil["environment"]["VIGIL_ADMIN_TOKEN"] == ""
-    assert [p["target"] for p in vigil["ports"]] == [8000]
+    assert [(p["target"], p["published"]) for p in vigil["ports"]] == [(8000, "8000")]
+    assert vigil["build"]["dockerfile"] == "Dockerfile"
     assert "torch" not in str(vigil["build"])
+    assert vigil["volumes"][0]["source"] == str(ROOT / "models")
+    assert set(resolved["services"]) == {"vigil", "prometheus", "grafana"}
 
 
 # --------------------------------------------------------------------------- Prometheus
@@ -506,3 +528,87 @@ def test_readme_documents_every_service_setting() -> None:
         name for name in Settings.model_fields if f"`VIGIL_{name.upper()}`" not in readme
     ]
     assert not undocumented, f"add these to README's configuration table: {undocumented}"
+
+
+# --------------------------------------------------------------------------- Grafana
+
+
+def _dashboard() -> Any:
+    return json.loads((GRAFANA / "dashboards" / "vigil.json").read_text())
+
+
+def _panel_exprs(panel: dict[str, Any]) -> list[str]:
+    return [t["expr"] for t in panel["targets"]]
+
+
+def test_grafana_datasource_is_the_compose_prometheus() -> None:
+    (source,) = _load(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")["datasources"]
+    assert source["type"] == "prometheus" and source["access"] == "proxy"
+    prometheus = _load(COMPOSE)["services"]["prometheus"]
+    (port,) = {_container_port(p) for p in prometheus["ports"]}
+    assert source["url"] == f"http://prometheus:{port}"
+    (job,) = [j for j in _load(PROMETHEUS)["scrape_configs"] if j["job_name"] == "vigil"]
+    assert source["jsonData"]["timeInterval"] == job["scrape_interval"]
+    # Every panel and query uses it, by uid.
+    dashboard = _dashboard()
+    for panel in dashboard["panels"]:
+        for ref in [panel["datasource"], *(t["datasource"] for t in panel["targets"])]:
+            assert ref == {"type": "prometheus", "uid": source["uid"]}, panel["title"]
+    for variable in dashboard["templating"]["list"]:
+        assert variable["datasource"]["uid"] == source["uid"]
+
+
+def test_grafana_dashboard_has_the_operator_panels() -> None:
+    """The panels issue 10 lists, each found by what its queries read."""
+    panels = _dashboard()["panels"]
+
+    def find(kind: str | None, *needles: str) -> dict[str, Any]:
+        found = [
+            p
+            for p in panels
+            if (kind is None or p["type"] == kind)
+            and all(any(n in e for e in _panel_exprs(p)) for n in needles)
+        ]
+        assert found, f"no {kind or ''} panel reading {needles}"
+        return found[0]
+
+    find("timeseries", "vigil_requests_total", "by (status)")
+    find(
+        "timeseries",
+        "histogram_quantile(0.5, sum by (le) (rate(vigil_request_duration_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le) (rate(vigil_request_duration_seconds_bucket",
+    )
+    find("timeseries", "vigil_anomalies_total", "vigil_images_scored_total", "vigil_target_fpr")
+    scores = find("heatmap", "vigil_score_bucket")
+    assert scores["repeat"] == "score" and scores["targets"][0]["format"] == "heatmap"
+    find("timeseries", "vigil_batch_size")
+    find("timeseries", "histogram_quantile(0.99", "vigil_queue_wait_seconds_bucket")
+    find("timeseries", "histogram_quantile(0.99", "vigil_inference_seconds_bucket")
+    find("stat", "vigil_ready")
+    model = find("table", "vigil_model_info")
+    shown = model["transformations"][0]["options"]["indexByName"]
+    assert {"name", "version", "provider"} <= set(shown)
+    find("stat", "vigil_reloads_total")
+
+
+def test_grafana_dashboard_variables_and_layout() -> None:
+    dashboard = _dashboard()
+    defined = {v["name"] for v in dashboard["templating"]["list"]}
+    builtin = {"__rate_interval", "__range"}
+    for panel in dashboard["panels"]:
+        used = {n for e in _panel_exprs(panel) for n in re.findall(r"\$(\w+)", e)}
+        assert used <= defined | builtin, f"{panel['title']}: {used - defined - builtin}"
+        assert "$__rate_interval" in " ".join(_panel_exprs(panel)) or not any(
+            "rate(" in e for e in _panel_exprs(panel)
+        ), panel["title"]
+    # Panels tile a 24-column grid without overlapping.
+    cells: set[tuple[int, int]] = set()
+    for panel in dashboard["panels"]:
+        g = panel["gridPos"]
+        assert g["x"] + g["w"] <= 24, panel["title"]
+        mine = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
+        assert not cells & mine, f"{panel['title']} overlaps another panel"
+        cells |= mine
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
