@@ -9,6 +9,8 @@ binary is absent (set VIGIL_REQUIRE_DEPLOY_TOOLS=1, e.g. in CI, to make that a f
             directly), or a Docker install with the compose plugin
   promtool  apt-get install prometheus (Debian/Ubuntu)
   kubernetes-validate  pip install kubernetes-validate (the dev extra)
+The images, the compose stack and the dashboard's queries are run for real in
+tests/test_containers.py.
 """
 
 from __future__ import annotations
