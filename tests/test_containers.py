@@ -261,7 +261,7 @@ def test_cpu_container_serves_as_non_root_on_a_read_only_root(
 
 
 def test_gpu_image_has_cuda_provider_with_its_libraries(
-    gpu_image: str, podman_env: dict[str, str]
+    gpu_image: str, podman_env: dict[str, str], models_dir: Path
 ) -> None:
     image = inspect(podman_env, "image", gpu_image)
     print(f"{gpu_image}: {image['Size'] / 1e9:.2f} GB")
@@ -280,6 +280,18 @@ def test_gpu_image_has_cuda_provider_with_its_libraries(
     assert "not found" not in ldd, ldd
     for lib in ("libcudart.so", "libcublas.so", "libcufft.so", "libcurand.so", "libcudnn.so"):
         assert re.search(rf"{lib}\.\d+ => /\S+/site-packages/nvidia/", ldd), f"{lib}:\n{ldd}"
+    # A CUDA session gets as far as asking the CUDA runtime for the device: the provider
+    # and every library it needs loaded; only the driver (and a GPU) is missing here.
+    session = (
+        "import onnxruntime as ort; s = ort.InferenceSession('/models/default/model.onnx', "
+        "providers=['CUDAExecutionProvider', 'CPUExecutionProvider']); print(s.get_providers())"
+    )
+    cmd = ["podman", "run", "--rm", "-v", f"{models_dir}:/models:ro", gpu_image]
+    tried = sh([*cmd, "python", "-c", session], podman_env)
+    said = tried.stdout + tried.stderr  # ONNX Runtime prints its fallback to stdout
+    assert "cannot open shared object file" not in said, said
+    assert "cudaSetDevice" in said and "CUDA driver version is insufficient" in said, said
+    assert tried.stdout.strip().splitlines()[-1] == "['CPUExecutionProvider']"
     torch = sh(
         ["podman", "run", "--rm", gpu_image, "python", "-c", "import torch"],
         podman_env,
