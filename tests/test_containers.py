@@ -324,12 +324,6 @@ def test_gpu_image_without_a_gpu(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # only the code is wrong; errors in the set-up are not excused
-    reason="the service answers /readyz 503 `not_ready` when the start-up load fails for want "
-    "of CUDA; the issue asks for `provider_unavailable` (a change in vigil/service/model.py)",
-)
 def test_gpu_image_not_ready_code_is_provider_unavailable(
     gpu_image: str, run_container: Callable[..., tuple[str, int]]
 ) -> None:
