@@ -92,14 +92,3 @@ async def test_a_failed_first_load_is_not_ready(vae_bundle: Path, tmp_path: Path
         assert await state(client) == (503, 0.0)
         reason = (await client.get("/readyz")).json()["error"]["message"]
         assert "failed" in reason and "broken" in reason
-
-
-async def test_a_required_gpu_that_is_missing_says_so(vae_bundle: Path) -> None:
-    app = create_app(make_settings(vae_bundle, require_gpu=True))
-    async with client_of(app) as client, app.router.lifespan_context(app):
-        await asyncio.wait_for(holder_of(app).first_load.wait(), 60)
-        assert await state(client) == (503, 0.0)
-        error = (await client.get("/readyz")).json()["error"]
-        assert error["code"] == "provider_unavailable" and "CUDA" in error["message"]
-        scored = await client.post("/score", files=files(("a.png", encode(blob()))))
-        assert scored.json()["error"]["code"] == "provider_unavailable"
