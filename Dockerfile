@@ -5,24 +5,28 @@
 # extra of pyproject.toml are installed, never the "train" extra.
 #
 #   docker build -t vigil:cpu .
-#   docker run --rm -p 8000:8000 -v "$PWD/models:/models:ro" vigil:cpu
+#   docker build --build-arg RUNTIME=gpu -t vigil:gpu .
+#   docker run --rm -p 8000:8000 -v "$PWD/models:/models:ro" --read-only --tmpfs /tmp vigil:cpu
 #
 # Build args
+#   BASE_IMAGE  defaults to python:3.11-slim. The commands below expect a Debian/Ubuntu
+#               image whose `python` is 3.11 or newer with pip (deploy/base-image.sh
+#               makes a local stand-in where no image can be pulled).
 #   RUNTIME     cpu (default) installs the "cpu" extra (onnxruntime);
-#               gpu installs the "gpu" extra (onnxruntime-gpu).
-#   BASE_IMAGE  defaults to python:3.11-slim. The commands below expect a
-#               Debian/Ubuntu image whose `python` is 3.11 or newer with pip.
-#
-# GPU: onnxruntime-gpu needs the CUDA and cuDNN runtime libraries, which
-# python:3.11-slim lacks (with RUNTIME=gpu on the default base, ONNX Runtime
-# quietly falls back to the CPU). Build the GPU image from deploy/Dockerfile.gpu,
-# which starts from an nvidia/cuda cuDNN runtime image:
-#   docker build -f deploy/Dockerfile.gpu -t vigil:gpu .
+#               gpu installs the "gpu" extra: onnxruntime-gpu with CUDA and cuDNN from
+#               NVIDIA's PyPI wheels, so the GPU image derives from the same slim base
+#               instead of a multi-GB nvidia/cuda one. The host needs only the NVIDIA
+#               driver and the NVIDIA Container Toolkit (docker run --gpus all ...).
+#   ORT_GPU_CONSTRAINT  which onnxruntime-gpu, hence which CUDA major (RUNTIME=gpu only):
+#               onnxruntime-gpu 1.21 - 1.26   CUDA 12   (default; driver >= 525)
+#               onnxruntime-gpu >= 1.27       CUDA 13   (driver >= 580, Turing or newer):
+#               --build-arg ORT_GPU_CONSTRAINT="onnxruntime-gpu>=1.27"
 
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
 ARG RUNTIME=cpu
+ARG ORT_GPU_CONSTRAINT="onnxruntime-gpu<1.27"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -40,25 +44,37 @@ WORKDIR /app
 # Dependencies first, from pyproject.toml alone, so that this layer is rebuilt only
 # when the dependency list or RUNTIME changes, not on every source edit. The list is
 # the base dependencies plus the RUNTIME extra; "train" (torch) is never read.
+# For the GPU runtime, the NVIDIA wheels' lib folders are registered with the dynamic
+# loader: ONNX Runtime's CUDA provider dlopens libcudart, libcublas and libcudnn by
+# name, and site-packages is not on the loader's path.
 COPY pyproject.toml ./
 RUN case "${RUNTIME}" in cpu|gpu) ;; *) echo "RUNTIME must be cpu or gpu, not '${RUNTIME}'" >&2; exit 1 ;; esac \
     && python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"][sys.argv[1]]))' "${RUNTIME}" > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+    && echo "${ORT_GPU_CONSTRAINT}" > /tmp/constraints.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt -c /tmp/constraints.txt \
+    && rm /tmp/requirements.txt \
+    && if [ "${RUNTIME}" = gpu ]; then \
+        python -c 'import glob, sysconfig; print("\n".join(sorted(glob.glob(sysconfig.get_paths()["purelib"] + "/nvidia/**/lib", recursive=True))))' > /etc/ld.so.conf.d/nvidia-wheels.conf \
+        && ldconfig; \
+    fi
 
 # The package itself. vigil/training is copied with the rest, but only the training
 # commands import it (and torch), which this image never runs.
 # Every requirement is already installed, so this adds the package and nothing else;
-# the last command fails the build if torch found its way in anyway.
+# the last commands fail the build if torch found its way in anyway, or if the GPU
+# image lacks ONNX Runtime's CUDA provider.
 COPY README.md ./
 COPY vigil/ vigil/
 # DL3013 (pin versions): this installs the local project; its requirements, with
 # their bounds from pyproject.toml, were installed by the layer above.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[${RUNTIME}]" \
-    && rm -rf build ./*.egg-info \
+RUN pip install --no-cache-dir ".[${RUNTIME}]" -c /tmp/constraints.txt \
+    && rm -rf build ./*.egg-info /tmp/constraints.txt \
     && pip check \
-    && python -c 'import importlib.util, sys; sys.exit("torch must not be installed in the service image" if importlib.util.find_spec("torch") else 0)'
+    && python -c 'import importlib.util, sys; sys.exit("torch must not be installed in the service image" if importlib.util.find_spec("torch") else 0)' \
+    && if [ "${RUNTIME}" = gpu ]; then \
+        python -c 'import onnxruntime as ort; assert "CUDAExecutionProvider" in ort.get_available_providers(), ort.get_available_providers()'; \
+    fi
 
 ENV VIGIL_BUNDLE=/models/default \
     VIGIL_HOST=0.0.0.0 \

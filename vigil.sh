@@ -32,7 +32,14 @@ system_deps() {
   local pkgs=()
   [ -d "$FMNIST" ] || pkgs+=(dataset-fashion-mnist)
   "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3-venv)
-  if [ "${1:-}" = test ]; then command -v promtool >/dev/null || pkgs+=(prometheus); fi
+  if [ "${1:-}" = test ]; then
+    command -v promtool >/dev/null || pkgs+=(prometheus)
+    # The container tests (tests/test_containers.py): rootful podman with runc (Debian's
+    # crun fails on hybrid cgroups), netavark + aardvark-dns (compose service names),
+    # iptables (published ports), catatonit (compose `init: true`), and debootstrap for
+    # the stand-in base images (deploy/base-image.sh).
+    pkgs+=(podman runc netavark aardvark-dns iptables catatonit debootstrap)
+  fi
   [ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
 }
 

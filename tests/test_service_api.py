@@ -7,10 +7,8 @@ import base64
 import gc
 import io
 import sys
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -21,6 +19,7 @@ from test_service_support import (
     blob,
     encode,
     files,
+    hold_loading,
     holder_of,
     make_settings,
     noise,
@@ -88,16 +87,7 @@ async def test_process_tuning_while_serving(vae_bundle: Path) -> None:
 async def test_not_ready_until_loaded_and_warmed(
     vae_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vigil.service.model
-
-    release = threading.Event()
-    real = vigil.service.model.load_model
-
-    def slow_load(*args: Any, **kwargs: Any) -> Any:
-        release.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(vigil.service.model, "load_model", slow_load)
+    release = hold_loading(monkeypatch)
     app = create_app(make_settings(vae_bundle, max_batch=2))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

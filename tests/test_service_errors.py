@@ -301,8 +301,10 @@ async def test_not_ready_before_a_model_loads(tmp_path: Path) -> None:
 
 async def test_required_gpu_missing_fails_readiness(vae_bundle: Path) -> None:
     async with serving(make_settings(vae_bundle, require_gpu=True, max_batch=1)) as (_, client):
-        error = assert_error(await client.get("/readyz"), 503, "not_ready")
+        error = assert_error(await client.get("/readyz"), 503, "provider_unavailable")
         assert "CUDAExecutionProvider is required" in error["message"]
+        scored = await client.post("/score", files=files(("a.png", GOOD)))
+        assert_error(scored, 503, "provider_unavailable")
 
 
 def test_model_holder_starts_empty(vae_bundle: Path) -> None:

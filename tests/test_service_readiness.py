@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -17,13 +15,13 @@ from test_service_support import (
     copy_bundle,
     encode,
     files,
+    hold_loading,
     holder_of,
     make_settings,
     metric,
     metric_samples,
 )
 
-import vigil.service.model
 from vigil.core.bundle import BundleError
 from vigil.service.app import create_app
 
@@ -55,14 +53,7 @@ async def test_readyz_and_the_gauge_agree_in_every_state(
 ) -> None:
     broken = copy_bundle(vae_bundle, tmp_path / "broken")
     (broken / "model.onnx").write_bytes(b"not a graph")
-    release = threading.Event()
-    real = vigil.service.model.load_model
-
-    def slow_load(*args: Any, **kwargs: Any) -> Any:
-        release.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(vigil.service.model, "load_model", slow_load)
+    release = hold_loading(monkeypatch)
     app = create_app(make_settings(vae_bundle, models_dir=tmp_path.parent))
     holder = holder_of(app)
     async with client_of(app) as client:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import shutil
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,10 +17,12 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from fastapi import FastAPI
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+import vigil.service.model
 from vigil.service.app import create_app
 from vigil.service.model import ModelHolder
 from vigil.service.settings import Settings
@@ -117,3 +120,16 @@ def metric(
 def copy_bundle(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
     return target
+
+
+def hold_loading(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make every model load wait (in its worker thread) until the returned event is set."""
+    release = threading.Event()
+    real = vigil.service.model.load_model
+
+    def slow_load(*args: Any, **kwargs: Any) -> Any:
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vigil.service.model, "load_model", slow_load)
+    return release

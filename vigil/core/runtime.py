@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +38,8 @@ def create_session(
     """
     available = set(ort.get_available_providers())
     wanted = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in wanted:
+        _preload_cuda()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_threads  # 0 = one per physical core
@@ -51,6 +54,23 @@ def create_session(
     if require and actual[0] != require:
         raise ProviderError(f"{require} is required but the session runs on {actual[0]}")
     return session
+
+
+@functools.cache
+def _preload_cuda() -> None:
+    """Load CUDA and cuDNN from NVIDIA's PyPI wheels, where `pip install vigil[gpu]` put them.
+
+    Without it (onnxruntime-gpu >= 1.21 no longer finds them by itself outside an image
+    that registers them with ldconfig) the CUDA provider fails to load and the session
+    quietly falls back to the CPU.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # libraries absent or broken: the provider check reports it
+        log.warning("could not preload the CUDA libraries: %s", exc)
 
 
 def check_graph(session: ort.InferenceSession, manifest: Manifest) -> None:

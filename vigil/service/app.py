@@ -1,8 +1,7 @@
 """The Vigil HTTP service: `create_app(settings) -> FastAPI`, wired in one place.
 
-A request passes, outermost first: `RequestMetrics` (count and time it), `ServerErrors`
-(a bug becomes a 500 in the one error shape), `BodyLimit` (413 before reading too much),
-then `FastRoute`, which hands POST /score, the production path, straight to
+A request passes, outermost first: `RequestMetrics` (count and time it; a bug becomes a
+500 in the one error shape), `BodyLimit` (413 before reading too much), then `FastRoute`, which hands POST /score, the production path, straight to
 `routes.score.ScoreEndpoint`; every other request goes through FastAPI's router to the
 probes (`routes.probes`) and admin (`routes.admin`) routes.
 
@@ -22,7 +21,7 @@ from fastapi import FastAPI
 from vigil.service import errors, openapi
 from vigil.service.lifespan import Lifespan
 from vigil.service.metrics import Metrics
-from vigil.service.middleware import BodyLimit, FastRoute, RequestMetrics, ServerErrors
+from vigil.service.middleware import BodyLimit, FastRoute, RequestMetrics
 from vigil.service.model import ModelHolder
 from vigil.service.routes import admin, probes, score
 from vigil.service.schemas import ScoreResponse
@@ -62,7 +61,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # add_middleware wraps what is there: the last added runs first.
     app.add_middleware(FastRoute, route=score_route)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(ServerErrors)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.state.lifespan = lifespan
     app.state.holder = holder

@@ -146,7 +146,7 @@ def _validation_error(_: Request, exc: Exception) -> Response:
 
 
 def install(app: FastAPI) -> None:
-    """Answer every handled error in the one shape (unhandled ones: middleware.ServerErrors)."""
+    """Answer every handled error in the one shape (unhandled ones: middleware.RequestMetrics)."""
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(VigilError, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -27,7 +27,7 @@ import onnxruntime as ort
 from vigil.core.bundle import ERROR_MAP_OUTPUT, BundleError, InputSpec, Manifest, load_bundle
 from vigil.core.calibration import CalibrationError
 from vigil.core.errors import VigilError
-from vigil.core.runtime import check_graph, create_session, run
+from vigil.core.runtime import ProviderError, check_graph, create_session, run
 from vigil.core.verdicts import Judge
 from vigil.service.batching import Batcher, BatchObserver, Outputs
 from vigil.service.metrics import Metrics
@@ -189,6 +189,7 @@ class ModelHolder:
         self.path: Path | None = settings.bundle  # what SIGHUP and a bare reload load
         # Why there is no model; read only while `current` is None.
         self._no_model = "the model is loading" if settings.bundle else "no bundle is configured"
+        self._no_model_code = NotReady.code  # provider_unavailable after a load without CUDA
         self.first_load = asyncio.Event()  # set once the start-up load has finished or failed
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -210,7 +211,7 @@ class ModelHolder:
         """The current model, without a lease (for checks); `NotReady` when there is none."""
         reason = self.not_ready
         if reason is not None:
-            raise NotReady(reason)
+            raise NotReady(reason, self._no_model_code if self.current is None else None)
         assert self.current is not None
         return self.current
 
@@ -265,6 +266,9 @@ class ModelHolder:
         message = exc.message if isinstance(exc, VigilError) else f"loading failed: {exc!r}"
         if self.current is None:
             self._no_model = f"no model: loading {path} failed: {message}"
+            self._no_model_code = (
+                ProviderError.code if isinstance(exc, ProviderError) else NotReady.code
+            )
         keeping = "; keeping the current model" if self.current else ""
         if isinstance(exc, VigilError):
             log.error("loading %s failed%s: %s", path, keeping, message)
@@ -280,6 +284,7 @@ class ModelHolder:
         """Shutdown: stop serving, finish queued images, close every batcher."""
         model, self.current = self.current, None
         self._no_model = "shutting down"
+        self._no_model_code = NotReady.code
         if model is not None:
             model.retired = True
             await model.batcher.close()
