@@ -11,12 +11,21 @@ Scores (higher = more anomalous):
   fitted to the training images' codes, divided by the latent dimension;
 - knn: mean Euclidean distance of the latent code to its 5 nearest training codes, each
   latent dimension scaled by its standard deviation over the training codes;
+- local: the maximum over the image of the local anomaly map (`vigil.training.local`):
+  per-pixel features (local means, texture and gradient energies, reconstruction error,
+  the fine structure of a 5x5 neighbourhood) under Gaussians of normal pixels, smoothed;
+  a small defect or one that removes detail stands out here, not in an image-wide mean;
 - combined: the mean of the log-scores of blurred, ssim, mahalanobis and knn, each
   standardised by its mean and standard deviation on the validation split. It is the
   primary score (see README).
+- overall: the larger of `combined` and `local`, each standardised by its mean and
+  standard deviation over the validation images: global (other object) and local
+  (small defect) evidence, whichever is stronger.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -122,6 +131,8 @@ class ScoreGraph(nn.Module):
     knn_bank_sq: Tensor
     log_mean: Tensor
     log_std: Tensor
+    overall_mean: Tensor
+    overall_std: Tensor
 
     def __init__(self, model: AutoEncoder) -> None:
         super().__init__()
@@ -137,17 +148,23 @@ class ScoreGraph(nn.Module):
         self.register_buffer("knn_bank_sq", torch.zeros(KNN_K))
         self.register_buffer("latent_mean", torch.zeros(d))
         self.register_buffer("latent_precision", torch.eye(d))
+        from vigil.training.local import LocalMaps  # local.py builds on this module
+
+        self.local = LocalMaps(cfg.channels, h, w)
         self.register_buffer("log_mean", torch.zeros(len(COMBINED)))
         self.register_buffer("log_std", torch.ones(len(COMBINED)))
+        self.register_buffer("overall_mean", torch.zeros(2))
+        self.register_buffer("overall_std", torch.ones(2))
 
     def base_scores(self) -> list[str]:
-        names = ["reconstruction", "blurred", "ssim", "mahalanobis", "knn"]
+        names = ["reconstruction", "blurred", "ssim", "mahalanobis", "knn", "local"]
         return [*names, "kl"] if self.variational else names
 
     def score_names(self) -> list[str]:
-        return [*self.base_scores(), "combined"]
+        return [*self.base_scores(), "combined", "overall"]
 
-    def raw_scores(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+    def raw_scores(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor]:
+        """Scores before `combined`, the error map, x_hat, the code and the anomaly map."""
         mu, logvar = self.model.encode(x)
         x_hat = self.model.decode(mu)
         sq = (x - x_hat).pow(2)
@@ -159,10 +176,13 @@ class ScoreGraph(nn.Module):
             "mahalanobis": row_mean(centred @ self.latent_precision * centred),
             "knn": self.knn_distance(mu),
         }
+        maps = self.local(x, x_hat)
+        anomaly_map = torch.maximum(torch.maximum(maps[:, :1], maps[:, 1:2]), maps[:, 2:3])
+        scores["local"] = anomaly_map.flatten(1).amax(1)  # a max is exact in any order
         if logvar is not None:
             # kl_divergence on zero-padded rows: a padded (0, 0) adds exactly 0
             scores["kl"] = kl_divergence(packed_rows(mu), packed_rows(logvar))
-        return scores, sq.mean(1, keepdim=True), x_hat, mu
+        return scores, sq.mean(1, keepdim=True), x_hat, mu, anomaly_map
 
     def knn_distance(self, mu: Tensor) -> Tensor:
         """Mean distance to the KNN_K nearest training codes (matmul + TopK: exportable)."""
@@ -181,9 +201,16 @@ class ScoreGraph(nn.Module):
         return row_mean((self.log_scores(scores) - self.log_mean) / self.log_std)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        scores, error_map, x_hat, mu = self.raw_scores(x)
+        scores, error_map, x_hat, mu, anomaly_map = self.raw_scores(x)
         scores["combined"] = self.combine(scores)
-        return {**scores, "error_map": error_map, "x_hat": x_hat, "latent": mu}
+        scores["overall"] = self.overall(scores)
+        return {
+            **scores,
+            "error_map": error_map,
+            "x_hat": x_hat,
+            "latent": mu,
+            "anomaly_map": anomaly_map,
+        }
 
     @torch.no_grad()
     def fit_latent_density(self, mu: Tensor) -> None:
@@ -205,7 +232,30 @@ class ScoreGraph(nn.Module):
         self.knn_bank_sq = (bank * bank).sum(1)
 
     @torch.no_grad()
+    def fit_local(self, train: Tensor, val: Tensor, batch: int = 256) -> None:
+        """The local maps' Gaussians on training images, their standardisation on validation."""
+
+        def pairs(images: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+            device = next(self.parameters()).device
+            for b in images.split(batch):
+                b = b.to(device)
+                yield b, self.model.decode(self.model.encode(b)[0])
+
+        self.local.fit_gaussians(lambda: pairs(train))
+        self.local.fit_standardisation(torch.cat([self.local.distances(*p) for p in pairs(val)]))
+
+    @torch.no_grad()
     def fit_standardisation(self, scores: dict[str, Tensor]) -> None:
         logs = self.log_scores(scores)
         self.log_mean.copy_(logs.mean(0))
         self.log_std.copy_(logs.std(0).clamp_min(1e-6))
+        both = torch.stack([self.combine(scores), scores["local"]], dim=1)
+        self.overall_mean.copy_(both.mean(0))
+        self.overall_std.copy_(both.std(0).clamp_min(1e-6))
+
+    def overall(self, scores: dict[str, Tensor]) -> Tensor:
+        """max of `combined` and `local`, each standardised on the validation images."""
+        z = (torch.stack([scores["combined"], scores["local"]], dim=1) - self.overall_mean) / (
+            self.overall_std
+        )
+        return torch.maximum(z[:, 0], z[:, 1])  # a max is exact: batch-invariant
