@@ -109,7 +109,8 @@ def add_train(sub: Any) -> None:
         type=_size,
         default=None,
         metavar="HxW",
-        help="model input size (default: the data's size, capped at 64 for folders)",
+        help="model input size (default: the data's size, capped at 64 for folders; "
+        "for tiled images the frame size)",
     )
     p.add_argument(
         "--color-mode",
@@ -138,7 +139,18 @@ def add_train(sub: Any) -> None:
         "--cal-fraction",
         type=float,
         default=d.cal_fraction,
-        help="share of normal images held out to calibrate thresholds",
+        help="share of normal images held out to calibrate thresholds (default: 0.2, raised "
+        "up to 0.4 for small sets until the split supports --target-fpr)",
+    )
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        help="score images by TILE x TILE tiles at their own resolution (default: 64 for "
+        "images larger than 128 px without --image-size; 0: never tile, resize instead)",
+    )
+    p.add_argument(
+        "--tile-stride", type=int, default=None, help="tile stride (default: half the tile)"
     )
     p.add_argument(
         "--target-fpr",

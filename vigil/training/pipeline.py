@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vigil.core.bundle import DECODER_FILE, Manifest, write_manifest
-from vigil.core.calibration import check_fpr
+from vigil.core.bundle import DECODER_FILE, InputSpec, Manifest, Tiling, write_manifest
+from vigil.core.calibration import check_fpr, min_fpr
+from vigil.training import tiles
 from vigil.training.bundle import write_bundle
 from vigil.training.data import (
     FASHION_MNIST_CLASSES,
@@ -28,6 +30,9 @@ from vigil.training.train import FitConfig, fit, seed_everything
 
 DEFAULT_EPOCHS = 30
 MIN_STEPS = 1800  # Fashion-MNIST (66 steps an epoch) keeps 30 epochs
+DEFAULT_CAL_FRACTION = 0.2
+MAX_CAL_FRACTION = 0.4
+MAX_LOCAL_FIT = 4000  # training images (or tiles) the local maps' Gaussians are fitted on
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,10 @@ class TrainConfig:
     lr: float = 1e-3
     patience: int = 5
     val_fraction: float = 0.1
-    cal_fraction: float = 0.2
+    cal_fraction: float | None = None  # None: 0.2, more for small sets (see calibration_fraction)
     target_fpr: float = 0.01
+    tile_size: int | None = None  # None: tile images larger than 128 px by 64 px tiles; 0: never
+    tile_stride: int | None = None  # None: half the tile
     seed: int = 0
     max_images: int | None = None
     name: str | None = None
@@ -87,6 +94,15 @@ class TrainConfig:
         )
 
 
+def calibration_fraction(cfg: TrainConfig, n: int) -> float:
+    """--cal-fraction, or 0.2 raised (up to MAX_CAL_FRACTION) until the calibration split
+    supports the target FPR: 300 images at 0.01 need 99, not 60."""
+    if cfg.cal_fraction is not None:
+        return cfg.cal_fraction
+    needed = math.ceil(1.0 / cfg.target_fpr - 1.0 - 1e-9)
+    return min(MAX_CAL_FRACTION, max(DEFAULT_CAL_FRACTION, needed / max(n, 1)))
+
+
 def normal_images(cfg: TrainConfig) -> Images:
     images = read_images(cfg.data, "train")
     if cfg.normal_class is not None:
@@ -113,14 +129,46 @@ def held_out_anomalies(cfg: TrainConfig, limit: int) -> Images | None:
 def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
     seed_everything(cfg.seed)
     images = normal_images(cfg)
-    spec = infer_spec(images, cfg.image_size, cfg.color_mode)
-    splits = split_indices(len(images), cfg.seed, cfg.val_fraction, cfg.cal_fraction)
-    check_fpr(cfg.target_fpr, len(splits.cal))  # fail before training, not after
+    try:
+        tiling = tiles.plan(images, cfg.image_size, cfg.tile_size, cfg.tile_stride)
+    except ValueError as exc:
+        raise DataError(f"{images.source}: {exc}") from exc
+    if tiling is None:
+        spec = infer_spec(images, cfg.image_size, cfg.color_mode)
+        frame_spec = spec
+    else:
+        size = (tiling.frame_height, tiling.frame_width)
+        frame_spec = infer_spec(images, size, cfg.color_mode)
+        spec = tiles.tile_spec(frame_spec, cfg.tile_size or tiles.DEFAULT_TILE)
+    cal_fraction = calibration_fraction(cfg, len(images))
+    splits = split_indices(len(images), cfg.seed, cfg.val_fraction, cal_fraction)
+    target_fpr, note = supported_target(cfg.target_fpr, len(splits.cal))
     print(
-        f"{len(images)} normal images from {images.source}, {spec.channels}x{spec.height}x"
-        f"{spec.width} {spec.color_mode}; split {splits.sizes()}"
+        f"{len(images)} normal images from {images.source}, {frame_spec.channels}x"
+        f"{frame_spec.height}x{frame_spec.width} {spec.color_mode}; split {splits.sizes()}"
     )
-    x = torch.from_numpy(to_inputs(images, spec))
+    if tiling is not None:
+        print(
+            f"tiling: {spec.height}x{spec.width} tiles, stride {tiling.stride_height}, "
+            f"{count_tiles(frame_spec, spec, tiling)} tiles per image; image score = max over tiles"
+        )
+    if note:
+        print(f"WARNING: {note}")
+    frames = torch.from_numpy(to_inputs(images, frame_spec))
+    if tiling is None:
+        x = frames
+        train_x, val_x = x[splits.train], x[splits.val]
+    else:
+        train_x = torch.from_numpy(
+            tiles.random_tiles(
+                frames[splits.train].numpy(), spec.height, tiles.TRAIN_TILES, cfg.seed
+            )
+        )
+        val_x = torch.from_numpy(
+            tiles.random_tiles(
+                frames[splits.val].numpy(), spec.height, tiles.VAL_TILES, cfg.seed + 1
+            )
+        )
     model_cfg = ModelConfig(
         kind=cfg.kind,
         channels=spec.channels,
@@ -131,8 +179,8 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
         beta=1.0 if cfg.beta is None else cfg.beta,
     )
     model = AutoEncoder(model_cfg)
-    history = fit(model, x[splits.train], x[splits.val], cfg.fit_config(len(splits.train)))
-    graph = fit_statistics(ScoreGraph(model), x[splits.train], x[splits.val])
+    history = fit(model, train_x, val_x, cfg.fit_config(len(train_x)))
+    graph = fit_statistics(ScoreGraph(model), train_x, val_x)
     training = {
         "data_source": images.source,
         "normal_class": cfg.normal_class,
@@ -146,12 +194,45 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
     }
     name = cfg.name or cfg.out.name
     manifest = write_bundle(
-        cfg.out, graph, spec, x[splits.cal].numpy(), training, cfg.target_fpr, name
+        cfg.out,
+        graph,
+        spec,
+        frames[splits.cal].numpy(),
+        training,
+        target_fpr,
+        name,
+        tiling=tiling,
+        requested_target_fpr=cfg.target_fpr if note else None,
+        note=note,
     )
     (cfg.out / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
     print(f"bundle written to {cfg.out}")
     evaluation = evaluate_held_out(cfg, manifest, images.select(splits.val), history.epochs)
     return manifest, evaluation
+
+
+def supported_target(target_fpr: float, n_cal: int, n_scores: int = 1) -> tuple[float, str | None]:
+    """The target FPR, or the nearest one n_cal calibration images support, and why."""
+    check_fpr(target_fpr, 10**9, n_scores)  # (0, 1)
+    lowest = min_fpr(n_cal, n_scores)
+    if target_fpr >= lowest:
+        return target_fpr, None
+    nearest = math.ceil(lowest * 10_000) / 10_000  # rounded up: still supported
+    return nearest, (
+        f"target FPR {target_fpr:g} is below {lowest:.3g}, the smallest that {n_cal} calibration "
+        f"images support; calibrated for {nearest:g} instead (more normal images lower it)"
+    )
+
+
+def count_tiles(frame: InputSpec, spec: InputSpec, tiling: Tiling) -> int:
+    from vigil.core.tiling import count
+
+    return count(
+        frame.height,
+        frame.width,
+        (spec.height, spec.width),
+        (tiling.stride_height, tiling.stride_width),
+    )
 
 
 @torch.no_grad()
@@ -161,6 +242,7 @@ def fit_statistics(graph: ScoreGraph, train: torch.Tensor, val: torch.Tensor) ->
     device = next(graph.parameters()).device
     mu = torch.cat([graph.model.encode(b.to(device))[0] for b in train.split(512)])
     graph.fit_latent_density(mu)
+    graph.fit_local(train[:MAX_LOCAL_FIT], val)
     parts = [graph.raw_scores(b.to(device))[0] for b in val.split(512)]
     graph.fit_standardisation({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
     return graph.cpu()

@@ -22,9 +22,11 @@ from starlette.datastructures import QueryParams
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from vigil.core.bundle import ERROR_MAP_OUTPUT, InputSpec
+from vigil.core.bundle import InputSpec
 from vigil.core.calibration import CalibrationError
 from vigil.core.preprocess import ImageError, decode_image, image_to_array
+from vigil.core.runtime import run
+from vigil.core.tiling import score_tiled
 from vigil.core.verdicts import Verdict
 from vigil.service.batching import BatcherClosed, Row
 from vigil.service.errors import IMAGE_ERROR_STATUS, ApiError, error_body
@@ -125,20 +127,28 @@ class Scorer:
         model = holder.acquire()
         try:
             fpr = _thresholds(model, target_fpr)
-            spec = model.manifest.input
+            spec = model.manifest.frame_spec()  # the input; for a tiled bundle the frame
             if sum(len(u.data) for u in uploads) > INLINE_DECODE_BYTES:
                 arrays = await asyncio.to_thread(_prepare, uploads, spec, settings.max_image_pixels)
             else:
                 arrays = _prepare(uploads, spec, settings.max_image_pixels)
-            try:
-                rows = await model.batcher.score(arrays, heatmap)
-            except BatcherClosed as exc:
-                raise ApiError(503, "not_ready", "the model is being unloaded; retry") from exc
-            verdicts = model.judge.judge(_gather(rows, model.score_names), fpr)
+            heat = model.manifest.heatmap_output()
+            maps: list[np.ndarray] | None
+            if model.manifest.tiling is not None:
+                # every tile of every image in one session call; scores = max over tiles
+                raw, stitched = await asyncio.to_thread(_score_tiles, model, arrays, heatmap)
+                maps = stitched[heat] if heatmap else None
+            else:
+                try:
+                    rows = await model.batcher.score(arrays, heatmap)
+                except BatcherClosed as exc:
+                    raise ApiError(503, "not_ready", "the model is being unloaded; retry") from exc
+                raw = _gather(rows, model.score_names)
+                maps = [outputs[heat][i] for outputs, i in rows] if heatmap else None
+            verdicts = model.judge.judge(raw, fpr)
             self.metrics.observe_verdicts(
                 [v.scores for v in verdicts], [v.flagged_by for v in verdicts]
             )
-            maps = [outputs[ERROR_MAP_OUTPUT][i] for outputs, i in rows] if heatmap else None
             return _render(model, fpr, uploads, verdicts, maps)
         finally:
             holder.release(model)
@@ -250,6 +260,24 @@ def _prepare(uploads: list[Upload], spec: InputSpec, max_pixels: int) -> list[np
                 upload.filename,
             ) from exc
     return arrays
+
+
+def _score_tiles(
+    model: LoadedModel, arrays: list[np.ndarray], heatmap: bool
+) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]]]:
+    """A tiled bundle: all tiles of the request's images through one session call."""
+    tiling, spec = model.manifest.tiling, model.manifest.input
+    assert tiling is not None
+    heat = [model.manifest.heatmap_output()] if heatmap else []
+    names = [*model.score_names, *heat]
+    return score_tiled(
+        lambda tiles: run(model.session, tiles, names),
+        arrays,
+        (spec.height, spec.width),
+        (tiling.stride_height, tiling.stride_width),
+        model.score_names,
+        heat,
+    )
 
 
 def _gather(rows: list[Row], names: list[str]) -> dict[str, np.ndarray]:
