@@ -32,7 +32,7 @@ DEFAULT_EPOCHS = 30
 MIN_STEPS = 1800  # Fashion-MNIST (66 steps an epoch) keeps 30 epochs
 DEFAULT_CAL_FRACTION = 0.2
 MAX_CAL_FRACTION = 0.4
-MAX_LOCAL_FIT = 4000  # training images (or tiles) the local maps' Gaussians are fitted on
+MAX_LOCAL_FIT = 1000  # training images (or tiles) the local maps' Gaussians are fitted on
 
 
 @dataclass(frozen=True)
