@@ -118,7 +118,7 @@ def evaluate(bundle: Path, normals: np.ndarray) -> dict[str, Any]:
     manifest, _ = load_bundle(bundle)
     judge = Judge(manifest)
     clean = score_images(bundle, normals[:, None])
-    names = [manifest.primary_score, "local", "combined"]
+    names = [manifest.primary_score, "overall", "local", "combined"]
     out: dict[str, Any] = {"primary": manifest.primary_score}
     for family in FAMILIES:
         for severity in (1, 2, 3):
@@ -165,7 +165,8 @@ def main() -> None:
             row[f"s{severity} mean"] = float(np.mean(values))
             if severity == 2:
                 row["s2 min"] = float(np.min(values))
-                row["s2 local"] = float(np.mean([r[key]["local"] for r in results.values()]))
+                for name in ("overall", "local", "combined"):
+                    row[f"s2 {name}"] = float(np.mean([r[key][name] for r in results.values()]))
                 row["s2 TPR@cal"] = float(np.mean([r[key]["tpr"] for r in results.values()]))
         rows.append(row)
     print(f"AUROC of {primary} (clean vs corrupted normal test images), mean over models:")

@@ -98,13 +98,24 @@ def main() -> None:
             kinds_a = np.array(kinds)
             n = len(normal)
             per_kind = {
-                kind: float(
-                    roc_auc_score(
-                        y[np.r_[np.ones(n, bool), kinds_a == kind]],
-                        scored[manifest.primary_score][np.r_[np.ones(n, bool), kinds_a == kind]],
+                name: {
+                    kind: float(
+                        roc_auc_score(
+                            y[np.r_[np.ones(n, bool), kinds_a == kind]],
+                            scored[name][np.r_[np.ones(n, bool), kinds_a == kind]],
+                        )
                     )
-                )
-                for kind in KINDS
+                    for kind in KINDS
+                }
+                for name in manifest.scores
+            }
+            limits = judge.thresholds()
+            at_threshold = {
+                name: {
+                    "fpr": float((scored[name][:n] > limits[name]).mean()),
+                    "tpr": float((scored[name][n:] > limits[name]).mean()),
+                }
+                for name in manifest.scores
             }
             truth = np.concatenate([np.zeros((n, FRAME, FRAME), bool), np.stack(masks)])
             pixel = float(roc_auc_score(truth.ravel(), scored["anomaly_map"][:, 0].ravel()))
@@ -134,6 +145,8 @@ def main() -> None:
                 "calibration_n": manifest.calibration.n,
                 "auroc": {name: float(roc_auc_score(y, scored[name])) for name in manifest.scores},
                 "auroc_per_kind": per_kind,
+                "at_threshold": at_threshold,
+                "primary": manifest.primary_score,
                 "verdict_fpr": float(flagged[:n].mean()),
                 "verdict_tpr": float(flagged[n:].mean()),
                 "pixel_auroc": pixel,
@@ -145,7 +158,7 @@ def main() -> None:
         {
             "texture": t,
             "AUROC": r["auroc"][manifest.primary_score],
-            **{k: r["auroc_per_kind"][k] for k in KINDS},
+            **{k: r["auroc_per_kind"][r["primary"]][k] for k in KINDS},
             "pixel": r["pixel_auroc"],
             "target": r["target_fpr"],
             "FPR": r["verdict_fpr"],

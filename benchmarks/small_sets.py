@@ -42,6 +42,8 @@ from vigil.training.pipeline import TrainConfig, run
 def realised_fpr_sd(n_cal: int, alpha: float, m_test: int) -> tuple[float, float, float]:
     """(sd from calibration, sd from measuring on m_test normals, both) of the realised FPR."""
     k = math.floor(alpha * (n_cal + 1))
+    if k < 1:
+        return (math.nan,) * 3  # the target is not supported: no threshold
     a, b = k, n_cal + 1 - k
     mean = a / (a + b)
     var_cal = a * b / ((a + b) ** 2 * (a + b + 1))
@@ -53,6 +55,8 @@ def p_all_within(n_cal: int, alpha: float, m_test: int, classes: int, band: floa
     """P(every one of `classes` independent runs realises FPR within +-band of alpha), by simulation."""
     rng = np.random.default_rng(0)
     k = math.floor(alpha * (n_cal + 1))
+    if k < 1:
+        return math.nan
     fpr = rng.beta(k, n_cal + 1 - k, size=(20000, classes))
     measured = rng.binomial(m_test, fpr) / m_test
     return float(np.mean(np.all(np.abs(measured - alpha) <= band + 1e-12, axis=1)))
@@ -102,7 +106,7 @@ def main() -> None:
     ]  # fmt: skip
     print(table(flat, list(flat[0])))
     spread = []
-    for n_cal in (60, 99, 1200, 2400, 6000):
+    for n_cal in (99, 300, 1200, 2400, 6000):
         sd_cal, sd_test, sd = realised_fpr_sd(n_cal, 0.01, 1000)
         spread.append(
             {

@@ -44,7 +44,8 @@ async def test_tiled_bundle_served_with_the_same_scores_and_a_full_size_heatmap(
     for i, result in enumerate(results):
         for name, value in result["scores"].items():
             if value is not None:
-                assert value == pytest.approx(float(expected[name][i]), abs=1e-6), name
+                # float precision: the service's session runs on other thread counts
+                assert value == pytest.approx(float(expected[name][i]), rel=1e-4, abs=1e-6), name
     assert not results[0]["is_anomaly"] and results[1]["is_anomaly"]
     heatmap = Image.open(io.BytesIO(base64.b64decode(results[1]["heatmap"])))
     assert heatmap.size == (160, 160)

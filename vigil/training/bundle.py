@@ -35,7 +35,7 @@ from vigil.training.models import count_parameters
 from vigil.training.scores import ScoreGraph
 from vigil.training.tiles import score_frames
 
-PRIMARY_SCORE = "combined"
+PRIMARY_SCORE = "overall"
 DESCRIPTIONS = {
     "reconstruction": "mean squared error between the image and its reconstruction",
     "ssim": "1 - mean structural similarity (SSIM, 7x7 Gaussian window) of image and reconstruction",
