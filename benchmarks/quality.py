@@ -5,7 +5,7 @@ detector), test on all 10,000 test images (class k normal, the rest anomalous). 
 AUROC per class and the mean, Vigil's realised FPR at its calibrated threshold on the
 normal test images, and the time per class.
 
-    .venv/bin/python benchmarks/quality.py [--classes 0 1 ...] [--skip-pyod]
+    .venv/bin/python benchmarks/quality.py [--classes 0 1 ...] [--skip-pyod] [--keep DIR]
 
 Needs the bench extra (pip install -e ".[bench]"). Writes benchmarks/results/quality.json.
 """
@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import ks_2samp
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import save, table
+from vigil.core.score_names import PRIMARY as PRIMARY_SCORE
 from vigil.training.config import TrainConfig
 from vigil.training.data import read_images, split_indices
 from vigil.training.evaluate import evaluate_bundle
@@ -41,13 +43,21 @@ def vigil(k: int, root: Path) -> dict[str, Any]:
     run(cfg)
     normals, anomalies = one_class_split("fashion-mnist", k, None)
     evaluation = evaluate_bundle(cfg.out, normals, anomalies)
+    manifest = evaluation.manifest
+    primary = manifest.primary_score
+    normal = evaluation.labels == 0
+    # exchangeability check: calibration scores (train split) vs the normal test images
+    ks = ks_2samp(manifest.calibration.scores[primary], evaluation.outputs[primary][normal])
     return {
         "seconds": time.perf_counter() - started,
         "auroc": {name: m["auroc"] for name, m in evaluation.metrics.items()},
-        "primary": evaluation.manifest.primary_score,
+        "tpr": {name: m["tpr"] for name, m in evaluation.metrics.items()},
+        "primary": primary,
         "verdict_fpr": evaluation.verdict["fpr"],
         "verdict_tpr": evaluation.verdict["tpr"],
-        "target_fpr": evaluation.manifest.calibration.target_fpr,
+        "target_fpr": manifest.calibration.target_fpr,
+        "calibration_n": manifest.calibration.n,
+        "ks_cal_vs_test_pvalue": float(ks.pvalue),
     }
 
 
@@ -55,7 +65,9 @@ def baselines(k: int, skip_pyod: bool) -> dict[str, dict[str, float]]:
     """Fit each baseline on Vigil's training split of class k, score the test set."""
     cfg = TrainConfig(data="fashion-mnist", out=Path(), normal_class=k)
     images = normal_images(cfg)
-    splits = split_indices(len(images), cfg.seed, cfg.val_fraction, cfg.cal_fraction)
+    splits = split_indices(
+        len(images), cfg.seed, cfg.val_fraction, cfg.calibration_fraction(len(images))
+    )
     assert images.arrays is not None
     train = images.arrays[splits.train].reshape(len(splits.train), -1) / 255.0
     test = read_images("fashion-mnist", "test")
@@ -89,29 +101,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, nargs="*", default=list(range(10)))
     parser.add_argument("--skip-pyod", action="store_true")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the bundles here")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in args.classes:
-            v = vigil(k, Path(tmp))
+            v = vigil(k, args.keep or Path(tmp))
             b = baselines(k, args.skip_pyod)
             row = {"class": k, "vigil_primary": v["auroc"][v["primary"]]}
             row |= {
                 f"vigil_{name}": value for name, value in v["auroc"].items() if name != v["primary"]
             }
             row |= {name: r["auroc"] for name, r in b.items()}
-            row |= {"vigil_fpr": v["verdict_fpr"], "vigil_seconds": v["seconds"]}
+            row |= {"vigil_fpr": v["verdict_fpr"], "vigil_tpr": v["verdict_tpr"]}
+            row |= {"ks_p": v["ks_cal_vs_test_pvalue"], "vigil_seconds": v["seconds"]}
+            row |= {f"tpr_{name}": value for name, value in v["tpr"].items()}
             row |= {f"{name}_seconds": r["seconds"] for name, r in b.items()}
             rows.append(row)
             print(row, flush=True)
-    columns = [c for c in rows[0] if not c.endswith("_seconds") or c == "vigil_seconds"]
+    columns = [
+        c
+        for c in rows[0]
+        if (not c.endswith("_seconds") or c == "vigil_seconds") and not c.startswith("tpr_")
+    ]
     mean = {
         "class": "mean",
         **{c: float(np.mean([r[c] for r in rows])) for c in rows[0] if c != "class"},
     }
     print(table([*rows, mean], columns))
     save(
-        "quality", {"primary_score": "combined", "target_fpr": 0.01, "classes": rows, "mean": mean}
+        "quality",
+        {
+            "command": "benchmarks/quality.py " + " ".join(sys.argv[1:]),
+            "primary_score": PRIMARY_SCORE,
+            "target_fpr": 0.01,
+            "classes": rows,
+            "mean": mean,
+        },
     )
 
 

@@ -30,7 +30,7 @@ def epoch_speed(kind: str, normal_class: int, epochs: int) -> dict[str, float | 
     images = read_images("fashion-mnist").of_class(normal_class)
     spec = infer_spec(images, None, None)
     x = torch.from_numpy(to_inputs(images, spec))
-    splits = split_indices(len(x), 0, defaults.val_fraction, defaults.cal_fraction)
+    splits = split_indices(len(x), 0, defaults.val_fraction, defaults.calibration_fraction(len(x)))
     cfg = ModelConfig(kind=kind, latent_dim=defaults.latent_dim, base_width=defaults.base_width)  # type: ignore[arg-type]
     fit_cfg = FitConfig(
         epochs=epochs, patience=epochs, batch_size=defaults.batch_size, progress=False

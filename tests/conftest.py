@@ -60,3 +60,21 @@ def rgb_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i, image in enumerate(make_blobs(200, size=32, channels=3)):
         Image.fromarray(image).save(folder / f"{i:03d}.png")
     return train_bundle(root / "rgb-vae", str(folder), latent_dim=8, target_fpr=0.05)
+
+
+def smooth_noise_frames(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """A stationary 'surface' for tiling tests: 5x5 box-filtered noise, float32 [N, S, S]."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((n, size + 4, size + 4)).astype(np.float32)
+    kernel = np.ones(5, np.float32) / 5
+    rows = np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="valid"), 2, base)
+    return np.apply_along_axis(lambda c: np.convolve(c, kernel, mode="valid"), 1, rows)
+
+
+@pytest.fixture(scope="session")
+def tiled_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """160x160 frames: tiled by default (64x64 tiles, stride 32, 16 a frame), 2 epochs."""
+    root = tmp_path_factory.mktemp("bundles")
+    frames = smooth_noise_frames(130, 160)
+    np.savez(root / "frames.npz", images=np.round(frames * 255).astype(np.uint8))
+    return train_bundle(root / "tiled", str(root / "frames.npz"), target_fpr=0.05)

@@ -23,10 +23,12 @@ from batch_support import (
     rows,
     service_answers,
 )
+from conftest import smooth_noise_frames
 from test_data import write_idx
 from test_service_support import encode
 
 from vigil.cli import main
+from vigil.core.score_names import PRIMARY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,13 +56,13 @@ async def test_a_folder_scores_exactly_as_the_service_answers(
     assert sorted(found) == listed  # one row per image file, recursively; readme.txt is not one
     answers, model = await service_answers(vae_bundle, listed)
     for path in listed:
-        assert_same_as_service(found[path], answers[path], "combined")
+        assert_same_as_service(found[path], answers[path], PRIMARY)
     for name, (code, _) in BAD.items():
         assert found[str(folder / name)]["error"] == code
     assert found[str(folder / "cut.png")]["error"] == "corrupt_image"
     meta = metadata(out)
     assert meta["model"] == model  # the bundle's name, version and sha256, as the service says
-    assert meta["target_fpr"] == 0.01 and meta["primary_score"] == "combined"
+    assert meta["target_fpr"] == 0.01 and meta["primary_score"] == PRIMARY
     text = capsys.readouterr().out
     scored = len(listed) - len(BAD) - 1
     assert f"scored {scored} of {len(listed)} images" in text
@@ -77,7 +79,7 @@ async def test_target_fpr_and_an_ae_bundle_match_the_service(
     found = rows(out)
     answers, _ = await service_answers(ae_bundle, sorted(found), target_fpr=0.2)
     for path, answer in answers.items():
-        assert_same_as_service(found[path], answer, "combined")
+        assert_same_as_service(found[path], answer, PRIMARY)
     assert "kl" not in pq.read_schema(out).names  # one column per score of this bundle
     assert metadata(out)["target_fpr"] == 0.2
 
@@ -225,3 +227,30 @@ def test_vigil_score_needs_no_torch(vae_bundle: Path, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert pq.read_table(tmp_path / "o.parquet").num_rows == 2 + 4 + 3
+
+
+@pytest.mark.anyio
+async def test_a_tiled_bundle_scores_frames_by_their_tiles_as_the_service_does(
+    tiled_bundle: Path, tmp_path: Path
+) -> None:
+    """Large frames: every tile scored, the frame's scores the max over its tiles."""
+    from PIL import Image
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frames = smooth_noise_frames(3, 160, seed=4)
+    frames[2, 30:34, 90:94] = 1.0  # a 4-pixel defect
+    for i, frame in enumerate(frames):
+        Image.fromarray(np.round(frame * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "tiled.parquet"
+    assert score(tiled_bundle, out, folder, extra=("--workers", "0")) == 0
+    found = rows(out)
+    paths = sorted(str(p) for p in folder.iterdir())
+    answers, _ = await service_answers(tiled_bundle, paths)
+    for path in paths:
+        answer = answers[path]
+        assert found[path]["is_anomaly"] == answer["is_anomaly"]
+        for name, value in answer["scores"].items():
+            if value is not None:  # float precision: tiles per ONNX Runtime call differ
+                assert found[path][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    assert found[paths[2]]["is_anomaly"] and not found[paths[0]]["is_anomaly"]

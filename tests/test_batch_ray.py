@@ -25,6 +25,7 @@ from batch_support import (
 )
 
 from vigil.cli import main
+from vigil.core.score_names import PRIMARY
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -64,7 +65,7 @@ async def test_ray_rows_equal_the_local_rows_and_the_service(
     assert found[str(tmp_path / "images" / "gone.png")]["error"] == "unreadable_file"
     answers, model = await service_answers(vae_bundle, [p for p in found if "gone" not in p])
     for path, answer in answers.items():
-        assert_same_as_service(found[path], answer, "combined")
+        assert_same_as_service(found[path], answer, PRIMARY)
     assert metadata(on_ray)["model"] == model
     assert "errors: 5 (" in capsys.readouterr().out  # 4 bad files and the one that is gone
 

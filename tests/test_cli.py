@@ -148,13 +148,22 @@ def test_bad_input_is_one_clear_line_not_a_traceback(
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_too_few_calibration_images_for_the_target_fails_before_training(
+def test_too_few_calibration_images_calibrate_for_the_nearest_target_and_say_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """50 images: the calibration share rises to 40 % (20 images), which still cannot resolve
+    0.01; the bundle is calibrated for the nearest supported target and says so."""
     np.save(tmp_path / "few.npy", make_blobs(50, size=12))
-    assert main(["train", "--data", str(tmp_path / "few.npy"), "--out", str(tmp_path / "b")]) == 2
-    assert "smallest that 10 calibration" in capsys.readouterr().err
-    assert not (tmp_path / "b").exists()
+    argv = ["train", "--data", str(tmp_path / "few.npy"), "--out", str(tmp_path / "b"),
+            "--epochs", "1", "--no-report"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: target FPR 0.01 is below 0.0476, the smallest that 20 calibration" in out
+    manifest = read_manifest(tmp_path / "b")
+    assert manifest.calibration.n == 20
+    assert manifest.calibration.requested_target_fpr == 0.01
+    assert manifest.calibration.target_fpr == pytest.approx(0.0477)
+    assert manifest.calibration.note and "0.0477 instead" in manifest.calibration.note
 
 
 def test_evaluate_all_classes_prints_the_table_with_the_mean(

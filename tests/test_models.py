@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from vigil.training.graph_ops import GaussianBlur, gaussian_kernel, ssim_map
 from vigil.training.models import (
     AutoEncoder,
     ModelConfig,
@@ -8,7 +9,7 @@ from vigil.training.models import (
     kl_divergence,
     reconstruction_loss,
 )
-from vigil.training.scores import GaussianBlur, ScoreGraph, gaussian_kernel, ssim_map
+from vigil.training.scores import ScoreGraph
 from vigil.training.train import FitConfig, fit
 
 
@@ -138,5 +139,5 @@ def test_score_graph_standardises_scores() -> None:
     assert abs(float(out["combined"].mean())) < 1e-4
     assert abs(float(out["mahalanobis"].mean()) - 1.0) < 0.05  # E[d^2] / dim = 1 on fit data
     assert set(graph.score_names()) == {
-        "reconstruction", "blurred", "ssim", "mahalanobis", "knn", "kl", "combined"
+        "reconstruction", "blurred", "ssim", "mahalanobis", "knn", "local", "kl", "combined", "overall"
     }  # fmt: skip

@@ -112,7 +112,7 @@ async def test_request_and_scoring_metrics_move(served: tuple[FastAPI, httpx.Asy
         return metric(after, name, **labels) - metric(before, name, **labels)
 
     assert delta("vigil_images_scored_total") == 6
-    assert delta("vigil_anomalies_total", score="combined") == flagged
+    assert delta("vigil_anomalies_total", score="overall") == flagged
     assert delta("vigil_requests_total", route="/score", method="POST", status="200") == 2
     assert delta("vigil_requests_total", route="/score", method="POST", status="415") == 1
     assert delta("vigil_request_duration_seconds_count", route="/score", method="POST") == 3

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from vigil.batch import decoding
 from vigil.batch.decoding import Decoded
 from vigil.batch.inputs import Arrays, Source
-from vigil.batch.scoring import GROUP, Model, schema, score
+from vigil.batch.scoring import Model, schema, score
 from vigil.batch.summary import Summary
 from vigil.core.bundle import InputSpec
 
@@ -64,7 +64,7 @@ def score_local(
     out_schema = schema(model)
     try:
         with (
-            _pool(job.workers, model.manifest.input, model.options.max_pixels) as pool,
+            _pool(job.workers, model.manifest.frame_spec(), model.options.max_pixels) as pool,
             pq.ParquetWriter(partial, out_schema) as writer,
             tqdm(
                 total=total, unit=" images", disable=None if job.progress else True, smoothing=0.1
@@ -88,14 +88,14 @@ def _quiet(job: LocalJob) -> bool | None:
 def _tables(
     job: LocalJob, model: Model, out_schema: pa.Schema, decoded: Iterator[Decoded]
 ) -> Iterator[pa.Table]:
-    """Result tables of about ROW_GROUP rows, scored GROUP inputs at a time."""
+    """Result tables of about ROW_GROUP rows, scored `model.group` inputs at a time."""
     pending: list[Decoded] = []
     ready: list[pa.Table] = []
     waiting = rows = 0
     for part in decoded:
         pending.append(part)
         waiting += len(part.paths)
-        if waiting >= GROUP:
+        if waiting >= model.group:
             ready.append(score(model, Decoded.concat(pending), out_schema))
             rows += ready[-1].num_rows
             pending, waiting = [], 0

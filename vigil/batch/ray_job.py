@@ -30,7 +30,7 @@ import ray.data
 from vigil.batch import inputs
 from vigil.batch.decoding import decode, read_files
 from vigil.batch.local import default_workers, partial_path
-from vigil.batch.scoring import GROUP, Model, Options, open_model_bytes, schema, score
+from vigil.batch.scoring import Model, Options, open_model_bytes, schema, score
 from vigil.batch.summary import Summary
 from vigil.core.errors import VigilError
 from vigil.core.readers import IMAGE_SUFFIXES
@@ -50,7 +50,10 @@ class ScoreActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         paths = [str(p) for p in batch["path"]]
         decoded = decode(
-            paths, list(batch["bytes"]), self.model.manifest.input, self.model.options.max_pixels
+            paths,
+            list(batch["bytes"]),
+            self.model.manifest.frame_spec(),
+            self.model.options.max_pixels,
         )
         return score(self.model, decoded, self.schema)
 
@@ -85,7 +88,7 @@ def score_ray(
                 options,
             ),
             compute=ray.data.ActorPoolStrategy(size=args.actors),
-            batch_size=GROUP,
+            batch_size=model.group,
             batch_format="numpy",
             num_cpus=args.cpus_per_actor,
             num_gpus=args.gpus_per_actor,

@@ -27,6 +27,7 @@ from vigil.batch.decoding import Decoded
 from vigil.core.bundle import BundleError, Manifest, load_bundle, sha256_file
 from vigil.core.errors import VigilError
 from vigil.core.runtime import check_graph, create_session, run
+from vigil.core.tiling import count, score_frames
 from vigil.core.verdicts import Judge
 
 # ONNX Runtime failed on the batch (the service's code): its rows carry it, the job goes on.
@@ -34,6 +35,7 @@ INFERENCE_ERROR = "inference_failed"
 METADATA_KEY = b"vigil"
 # Rows per scoring call (a local group, a Ray batch): judged and turned into a table at once.
 GROUP = 1024
+GROUP_FLOATS = 1 << 24  # at most this many input floats decoded at once (64 MB)
 
 log = logging.getLogger("vigil.batch")
 
@@ -60,6 +62,43 @@ class Model:
     judge: Judge
     target_fpr: float
     options: Options
+
+    @property
+    def group(self) -> int:
+        """Rows decoded and scored together: GROUP, fewer for large tiled frames (~64 MB)."""
+        frame = self.manifest.frame_spec()
+        pixels = frame.channels * frame.height * frame.width
+        return max(1, min(GROUP, GROUP_FLOATS // pixels))
+
+    @property
+    def images_per_call(self) -> int:
+        """Images per ONNX Runtime call: whole images, or tiled frames by their tiles."""
+        tiling, tile = self.manifest.tiling, self.manifest.input
+        if tiling is None:
+            return self.options.batch_size
+        frame = self.manifest.frame_spec()
+        per_frame = count(
+            frame.height,
+            frame.width,
+            (tile.height, tile.width),
+            (tiling.stride_height, tiling.stride_width),
+        )
+        return max(1, self.options.batch_size // per_frame)
+
+    def run(self, inputs: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """The graph's per-image outputs: one call, or for a tiled bundle the max over tiles."""
+        tiling = self.manifest.tiling
+        if tiling is None:
+            return run(self.session, inputs, names)
+        return score_frames(
+            self.session,
+            inputs,
+            tiling,
+            self.manifest.input,
+            names,
+            frames_per_call=len(inputs),
+            tiles_per_call=self.options.batch_size,
+        )
 
     @property
     def ref(self) -> dict[str, object]:
@@ -129,11 +168,11 @@ def score(model: Model, decoded: Decoded, out_schema: pa.Schema) -> pa.Table:
     """The result rows of one decoded group, run through the graph `batch_size` images per
     ONNX Runtime call; a call that fails marks its images `inference_failed`."""
     names = list(model.manifest.scores)
-    inputs, size = decoded.inputs, model.options.batch_size
+    inputs, size = decoded.inputs, model.images_per_call
     parts, failed = [], np.zeros(len(inputs), bool)
     for start in range(0, len(inputs), size):
         try:
-            parts.append(run(model.session, inputs[start : start + size], names))
+            parts.append(model.run(inputs[start : start + size], names))
         except Exception:
             log.exception(
                 "ONNX Runtime failed on a batch of %d images", len(inputs[start : start + size])

@@ -18,12 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from vigil.core.errors import VigilError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions this Vigil reads: 1 (before tiling and the local anomaly map) loads unchanged.
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 INPUT_NAME = "images"
 # Graph outputs that are not per-image scores.
 ERROR_MAP_OUTPUT = "error_map"
+# Schema 2: the local anomaly map [N, 1, H, W] whose smoothed maximum is the `local` score.
+ANOMALY_MAP_OUTPUT = "anomaly_map"
 RECONSTRUCTION_IMAGE_OUTPUT = "x_hat"
 LATENT_OUTPUT = "latent"
 # Optional second graph: latent [N, d] -> images [N, C, H, W], for samples in reports.
@@ -76,10 +80,28 @@ class OnnxInfo(_Strict):
     outputs: list[str]
 
 
+class Tiling(_Strict):
+    """Schema 2: images are resized to the frame size, then scored by tiles of the input size.
+
+    Every tile goes through the graph; each per-image score is the maximum over the
+    image's tiles and maps are stitched back to the frame (`vigil.core.tiling`). The
+    calibration scores are per whole image.
+    """
+
+    frame_height: int = Field(gt=0)
+    frame_width: int = Field(gt=0)
+    stride_height: int = Field(gt=0)
+    stride_width: int = Field(gt=0)
+
+
 class Calibration(_Strict):
     """Held-out normal scores, from which every threshold is derived."""
 
     target_fpr: float = Field(gt=0, lt=1)
+    # Schema 2: the target asked for when it was below what n calibration images support
+    # (the bundle then holds the nearest supported target in target_fpr, and says why).
+    requested_target_fpr: float | None = None
+    note: str | None = None
     method: Literal["conformal"] = "conformal"
     # Scores whose union decides the verdict; the FPR budget is split between them.
     verdict_scores: list[str]
@@ -118,7 +140,7 @@ class TrainingInfo(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = 2  # SCHEMA_VERSION
     name: str
     version: int = Field(ge=1)
     created_at: datetime
@@ -131,6 +153,7 @@ class Manifest(_Strict):
     calibration: Calibration
     training: TrainingInfo
     evaluation: dict[str, Any] = {}
+    tiling: Tiling | None = None  # schema 2; None: the whole image is resized to the input
 
     @model_validator(mode="after")
     def _scores_known(self) -> Manifest:
@@ -142,7 +165,24 @@ class Manifest(_Strict):
         missing = set(self.scores) - set(self.onnx.outputs)
         if missing:
             raise ValueError(f"scores not produced by the graph: {sorted(missing)}")
+        if self.tiling is not None and (
+            self.tiling.frame_height < self.input.height
+            or self.tiling.frame_width < self.input.width
+        ):
+            raise ValueError("the tiling frame is smaller than the model's input (the tile)")
         return self
+
+    def frame_spec(self) -> InputSpec:
+        """The spec images are preprocessed to: the frame for a tiled bundle, else the input."""
+        if self.tiling is None:
+            return self.input
+        return self.input.model_copy(
+            update={"height": self.tiling.frame_height, "width": self.tiling.frame_width}
+        )
+
+    def heatmap_output(self) -> str:
+        """The map `?heatmap=true` shows: the local anomaly map where the graph has one."""
+        return ANOMALY_MAP_OUTPUT if ANOMALY_MAP_OUTPUT in self.onnx.outputs else ERROR_MAP_OUTPUT
 
     def public(self) -> dict[str, Any]:
         """The manifest without the bulky calibration distribution."""
@@ -176,9 +216,10 @@ def read_manifest(bundle: Path) -> Manifest:
     except (OSError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path} is not readable JSON: {exc}") from exc
     version = raw.get("schema_version") if isinstance(raw, dict) else None
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise BundleError(
-            f"{path} has schema_version {version!r}; this Vigil reads version {SCHEMA_VERSION}"
+            f"{path} has schema_version {version!r}; this Vigil reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     try:
         return Manifest.model_validate(raw)

@@ -86,3 +86,17 @@ def sorted_scores(values: np.ndarray) -> np.ndarray:
     if values.ndim != 1 or not np.all(np.isfinite(values)):
         raise CalibrationError("calibration scores must be a finite 1-D array")
     return np.sort(values)
+
+
+def supported_target(target_fpr: float, n: int, n_scores: int = 1) -> tuple[float, str | None]:
+    """`target_fpr`, or when n calibration images cannot resolve it the nearest target they
+    can (rounded up, so still supported), with a sentence saying so."""
+    check_fpr(target_fpr, 10**9, n_scores)  # a rate in (0, 1) at all
+    lowest = min_fpr(n, n_scores)
+    if target_fpr >= lowest:
+        return target_fpr, None
+    nearest = math.ceil(lowest * 10_000) / 10_000
+    return nearest, (
+        f"target FPR {target_fpr:g} is below {lowest:.3g}, the smallest that {n} calibration "
+        f"images support; calibrated for {nearest:g} instead (more normal images lower it)"
+    )

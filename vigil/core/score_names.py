@@ -6,9 +6,12 @@ names and descriptions, which the manifest and every response carry, are defined
 
 from __future__ import annotations
 
-# The primary score combines these, each log-transformed and standardised.
+COMBINED = "combined"
+# `combined` averages these, each log-transformed and standardised.
 COMBINED_FROM = ("blurred", "ssim", "mahalanobis", "knn")
-PRIMARY = "combined"
+LOCAL = "local"
+# The primary score: whichever of `combined` (image-wide) and `local` is stronger.
+PRIMARY = "overall"
 # Only a VAE's graph computes these.
 VARIATIONAL_ONLY = frozenset({"kl"})
 
@@ -20,9 +23,12 @@ SCORES: dict[str, str] = {
     "mahalanobis": "squared Mahalanobis distance of the latent code under the training codes, "
     "/ dim",
     "knn": "mean distance of the latent code to its 5 nearest training codes (scaled per dim)",
+    LOCAL: "maximum over the image of the smoothed local anomaly map (per-pixel features "
+    "under Gaussians of normal pixels, standardised)",
     "kl": "KL(q(z|x) || N(0, I)) summed over latent dimensions",
-    PRIMARY: f"mean of the log-scores of {', '.join(COMBINED_FROM)}, each standardised on the "
+    COMBINED: f"mean of the log-scores of {', '.join(COMBINED_FROM)}, each standardised on the "
     "validation split",
+    PRIMARY: f"max of {COMBINED} and {LOCAL}, each standardised on the validation split",
 }
 
 

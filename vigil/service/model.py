@@ -49,9 +49,11 @@ class SessionRunner:
     reference counting alone, without waiting for (or escaping) the cyclic GC.
     """
 
-    def __init__(self, session: ort.InferenceSession, score_names: list[str]) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, score_names: list[str], heatmap: str = ERROR_MAP_OUTPUT
+    ) -> None:
         self.session = session
-        self.outputs = (score_names, [*score_names, ERROR_MAP_OUTPUT])
+        self.outputs = (score_names, [*score_names, heatmap])
 
     def __call__(self, batch: np.ndarray, with_map: bool) -> Outputs:
         return run(self.session, batch, self.outputs[with_map])
@@ -97,7 +99,7 @@ def load_model(path: Path, settings: Settings, observer: BatchObserver | None) -
     provider = session.get_providers()[0]
     _warn_if_gpu_unused(provider, settings)
     batcher = Batcher(
-        SessionRunner(session, list(manifest.scores)),
+        SessionRunner(session, list(manifest.scores), manifest.heatmap_output()),
         max_batch=settings.max_batch,
         max_wait_s=settings.max_wait_s,
         enabled=settings.batching,

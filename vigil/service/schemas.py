@@ -52,8 +52,9 @@ class ScoreResult(BaseModel):
     flagged_by: list[str] = Field(description="the verdict scores above their threshold")
     heatmap: str | None = Field(
         None,
-        description="with heatmap=true: the per-pixel error map as a base64 8-bit grayscale PNG "
-        "at the model's input size, scaled so that 255 = heatmap_max",
+        description="with heatmap=true: the per-pixel local anomaly map (the error map for "
+        "bundles without one) as a base64 8-bit grayscale PNG at the model's input size (a tiled "
+        "bundle's: the frame, stitched from its tiles), scaled so that 255 = heatmap_max",
     )
     heatmap_max: float | None = Field(None, description="the error value shown as 255")
 

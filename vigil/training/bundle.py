@@ -22,6 +22,7 @@ from vigil.core.bundle import (
     Manifest,
     ModelInfo,
     OnnxInfo,
+    Tiling,
     TrainingInfo,
     now,
     sha256_file,
@@ -29,6 +30,7 @@ from vigil.core.bundle import (
 )
 from vigil.core.runtime import create_session, run_batched
 from vigil.core.score_names import PRIMARY, SCORES
+from vigil.core.tiling import score_frames
 from vigil.training.calibrate import make_calibration
 from vigil.training.export import OPSET, export_decoder, export_onnx
 from vigil.training.models import count_parameters
@@ -52,8 +54,15 @@ def write_bundle(
     training: dict[str, Any],
     target_fpr: float,
     name: str,
+    tiling: Tiling | None = None,
+    requested_target_fpr: float | None = None,
+    note: str | None = None,
 ) -> Manifest:
-    """Export, calibrate and write a complete bundle to `out` (replaced atomically)."""
+    """Export, calibrate and write a complete bundle to `out` (replaced atomically).
+
+    With `tiling`, `calibration_images` are whole frames, each scored by its tiles (the
+    max over tiles), so the calibrated FPR is per image.
+    """
     cfg = graph.model.cfg
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
@@ -64,10 +73,18 @@ def write_bundle(
         scores = graph.score_names()
         # Calibrate on the exported graph itself: the scores the service will compute.
         session = create_session(staging / MODEL_FILE, providers=["CPUExecutionProvider"])
-        raw = run_batched(session, calibration_images, outputs=scores)
+        if tiling is None:
+            raw = run_batched(session, calibration_images, outputs=scores)
+        else:
+            raw = score_frames(session, calibration_images, tiling, spec, scores)
         source = f"{training['data_source']} (calibration split)"
         calibration = make_calibration(raw, scores, [PRIMARY], target_fpr, source)
+        if note:
+            calibration = calibration.model_copy(
+                update={"requested_target_fpr": requested_target_fpr, "note": note}
+            )
         manifest = _manifest(graph, spec, outputs, calibration, staging, training, name)
+        manifest = manifest.model_copy(update={"tiling": tiling})
         write_manifest(staging, manifest)
         # mkdtemp made the folder 0700: give it the mode any new folder gets (the umask's),
         # so a service running as another user (a container's) can read the bundle.

@@ -12,8 +12,17 @@ from pathlib import Path
 import numpy as np
 
 from vigil.core import calibration as cal
-from vigil.core.bundle import Calibration, Manifest, load_bundle, now, write_manifest
+from vigil.core.bundle import (
+    ANOMALY_MAP_OUTPUT,
+    ERROR_MAP_OUTPUT,
+    Calibration,
+    Manifest,
+    load_bundle,
+    now,
+    write_manifest,
+)
 from vigil.core.runtime import create_session, run_batched
+from vigil.core.tiling import score_frames
 from vigil.training.data import DataError, Images, to_inputs
 
 
@@ -39,10 +48,17 @@ def make_calibration(
 
 
 def score_images(bundle: Path, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Every output of a bundle's graph for a float batch, through ONNX Runtime."""
-    _, model_path = load_bundle(bundle)
+    """Every output of a bundle's graph for a float batch, through ONNX Runtime.
+
+    For a tiled bundle, `images` are frames (`manifest.frame_spec()`): per-image scores are
+    the max over each image's tiles and the maps are stitched (`error_map`, `anomaly_map`).
+    """
+    manifest, model_path = load_bundle(bundle)
     session = create_session(model_path, providers=["CPUExecutionProvider"])
-    return run_batched(session, images)
+    if manifest.tiling is None:
+        return run_batched(session, images)
+    maps = [m for m in (ERROR_MAP_OUTPUT, ANOMALY_MAP_OUTPUT) if m in manifest.onnx.outputs]
+    return score_frames(session, images, manifest.tiling, manifest.input, manifest.scores, maps)
 
 
 def recalibrate(
@@ -52,7 +68,7 @@ def recalibrate(
     manifest, _ = load_bundle(bundle)
     if len(normals) == 0:
         raise DataError(f"{normals.source}: no normal images to calibrate on")
-    raw = score_images(bundle, to_inputs(normals, manifest.input))
+    raw = score_images(bundle, to_inputs(normals, manifest.frame_spec()))
     calibration = make_calibration(
         raw,
         manifest.scores,

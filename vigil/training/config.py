@@ -8,6 +8,7 @@ and its default is defined here once.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from vigil.training.train import FitConfig
 DEFAULT_EPOCHS = 30
 MIN_STEPS = 1800  # Fashion-MNIST (66 steps an epoch) keeps 30 epochs
 MAX_EPOCHS = 300
+DEFAULT_CAL_FRACTION = 0.2
+MAX_CAL_FRACTION = 0.4
 
 
 def option(help: str, **argparse: Any) -> Any:
@@ -48,7 +51,8 @@ class TrainConfig:
         default=None,
     )
     image_size: tuple[int, int] | None = option(
-        "model input size N or HxW (default: the data's size, capped at 64 for folders)",
+        "model input size N or HxW (default: the data's size, capped at 64 for folders; "
+        "for tiled images the frame size)",
         default=None,
         metavar="HxW",
     )
@@ -79,12 +83,21 @@ class TrainConfig:
     val_fraction: float = option(
         "share of normal images held out for validation / early stopping", default=0.1
     )
-    cal_fraction: float = option(
-        "share of normal images held out to calibrate thresholds", default=0.2
+    cal_fraction: float | None = option(
+        f"share of normal images held out to calibrate thresholds (default: "
+        f"{DEFAULT_CAL_FRACTION}, raised up to {MAX_CAL_FRACTION} for small sets until the "
+        "split supports --target-fpr)",
+        default=None,
     )
     target_fpr: float = option(
         "false-positive rate the thresholds are calibrated for", default=0.01
     )
+    tile_size: int | None = option(
+        "score images by TILE x TILE tiles at their own resolution (default: 64 for images "
+        "larger than 128 px without --image-size; 0: never tile, resize instead)",
+        default=None,
+    )
+    tile_stride: int | None = option("tile stride (default: half the tile)", default=None)
     seed: int = option("seed for splits, init and batches", default=0)
     max_images: int | None = option(
         "use at most this many normal images (default: all)", default=None
@@ -110,6 +123,14 @@ class TrainConfig:
             return self.epochs
         steps_per_epoch = max(1, -(-train_images // self.batch_size))
         return min(MAX_EPOCHS, max(DEFAULT_EPOCHS, -(-MIN_STEPS // steps_per_epoch)))
+
+    def calibration_fraction(self, images: int) -> float:
+        """--cal-fraction, or 0.2 raised (up to 0.4) until the calibration split supports the
+        target FPR: 300 images at 0.01 need 99 calibration images, not 60."""
+        if self.cal_fraction is not None:
+            return self.cal_fraction
+        needed = math.ceil(1.0 / self.target_fpr - 1.0 - 1e-9)
+        return min(MAX_CAL_FRACTION, max(DEFAULT_CAL_FRACTION, needed / max(images, 1)))
 
     def fit_config(self, train_images: int) -> FitConfig:
         """The training loop's config: the fields it shares with this one, by name."""

@@ -102,7 +102,7 @@ def infer_spec(images: Images, size: tuple[int, int] | None, color_mode: str | N
         natural = (int(sample.shape[1]), int(sample.shape[2]))
         mode = color_mode or ("RGB" if sample.ndim == 4 and sample.shape[-1] == 3 else "L")
     else:
-        first = _open(images.files[0])
+        first = open_image(images.files[0])
         natural = (min(first.height, 64), min(first.width, 64))
         mode = color_mode or ("L" if first.mode in ("L", "LA", "1", "I", "I;16", "F") else "RGB")
     height, width = size or natural
@@ -123,11 +123,11 @@ def to_inputs(images: Images, spec: InputSpec) -> np.ndarray:
             out[i] = array_to_input(array, spec)
     else:
         for i, path in enumerate(images.files):
-            out[i] = image_to_array(_open(path), spec)
+            out[i] = image_to_array(open_image(path), spec)
     return out
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
     try:
         return decode_image(path.read_bytes(), MAX_PIXELS)
     except ImageError as exc:

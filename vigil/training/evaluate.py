@@ -96,9 +96,8 @@ def evaluate_bundle(bundle: Path, normals: Images, anomalies: Images | None) -> 
     """Score normal and anomalous images through the bundle's graph and measure."""
     manifest, _ = load_bundle(bundle)
     anomalies = anomalies or Images(source="none", files=())
-    images = np.concatenate(
-        [to_inputs(normals, manifest.input), to_inputs(anomalies, manifest.input)]
-    )
+    spec = manifest.frame_spec()  # the input, or for a tiled bundle the whole frame
+    images = np.concatenate([to_inputs(normals, spec), to_inputs(anomalies, spec)])
     labels = np.r_[np.zeros(len(normals), int), np.ones(len(anomalies), int)]
     classes = None
     if normals.labels is not None and anomalies.labels is not None:

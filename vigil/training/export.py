@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from vigil.core.bundle import (
+    ANOMALY_MAP_OUTPUT,
     ERROR_MAP_OUTPUT,
     INPUT_NAME,
     LATENT_OUTPUT,
@@ -34,7 +35,13 @@ class _Flat(nn.Module):
 
 
 def output_names(graph: ScoreGraph) -> list[str]:
-    return [*graph.score_names(), ERROR_MAP_OUTPUT, RECONSTRUCTION_IMAGE_OUTPUT, LATENT_OUTPUT]
+    return [
+        *graph.score_names(),
+        ERROR_MAP_OUTPUT,
+        RECONSTRUCTION_IMAGE_OUTPUT,
+        LATENT_OUTPUT,
+        ANOMALY_MAP_OUTPUT,
+    ]
 
 
 def export_onnx(graph: ScoreGraph, path: Path) -> list[str]:

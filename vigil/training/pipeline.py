@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from vigil.core.bundle import Manifest, write_manifest
-from vigil.core.calibration import check_fpr
+from vigil.core.bundle import InputSpec, Manifest, Tiling, write_manifest
+from vigil.core.calibration import supported_target
+from vigil.core.tiling import count
+from vigil.training import tiles
 from vigil.training.bundle import write_bundle
 from vigil.training.config import TrainConfig
 from vigil.training.data import DataError, Images, infer_spec, read_images, split_indices, to_inputs
@@ -17,6 +20,8 @@ from vigil.training.models import AutoEncoder
 from vigil.training.report import write_bundle_report
 from vigil.training.scores import ScoreGraph
 from vigil.training.train import fit, seed_everything
+
+MAX_LOCAL_FIT = 1000  # training images (or tiles) the local maps' Gaussians are fitted on
 
 
 def normal_images(cfg: TrainConfig) -> Images:
@@ -42,20 +47,63 @@ def held_out_anomalies(cfg: TrainConfig, limit: int) -> Images | None:
     return others.select(keep)
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What the model sees: the input spec, and for large images the frame and its tiling."""
+
+    spec: InputSpec  # the graph's input: a whole image, or one tile
+    frame: InputSpec  # an image as preprocessed (the spec itself unless tiled)
+    tiling: Tiling | None
+
+    def describe(self) -> str | None:
+        if self.tiling is None:
+            return None
+        n = count(
+            self.frame.height,
+            self.frame.width,
+            (self.spec.height, self.spec.width),
+            (self.tiling.stride_height, self.tiling.stride_width),
+        )
+        return (
+            f"tiling: {self.spec.height}x{self.spec.width} tiles, stride "
+            f"{self.tiling.stride_height}, {n} tiles per image; image score = max over tiles"
+        )
+
+
+def plan_inputs(cfg: TrainConfig, images: Images) -> Inputs:
+    """Resize whole images to the model's input, or keep large ones whole and tile them."""
+    try:
+        tiling = tiles.plan(images, cfg.image_size, cfg.tile_size, cfg.tile_stride)
+    except ValueError as exc:
+        raise DataError(f"{images.source}: {exc}") from exc
+    if tiling is None:
+        spec = infer_spec(images, cfg.image_size, cfg.color_mode)
+        return Inputs(spec, spec, None)
+    frame = infer_spec(images, (tiling.frame_height, tiling.frame_width), cfg.color_mode)
+    return Inputs(tiles.tile_spec(frame, cfg.tile_size or tiles.DEFAULT_TILE), frame, tiling)
+
+
 def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
     seed_everything(cfg.seed)
     images = normal_images(cfg)
-    spec = infer_spec(images, cfg.image_size, cfg.color_mode)
-    splits = split_indices(len(images), cfg.seed, cfg.val_fraction, cfg.cal_fraction)
-    check_fpr(cfg.target_fpr, len(splits.cal))  # fail before training, not after
-    print(
-        f"{len(images)} normal images from {images.source}, {spec.channels}x{spec.height}x"
-        f"{spec.width} {spec.color_mode}; split {splits.sizes()}"
+    inputs = plan_inputs(cfg, images)
+    splits = split_indices(
+        len(images), cfg.seed, cfg.val_fraction, cfg.calibration_fraction(len(images))
     )
-    x = torch.from_numpy(to_inputs(images, spec))
-    model = AutoEncoder(cfg.model_config(spec))
-    history = fit(model, x[splits.train], x[splits.val], cfg.fit_config(len(splits.train)))
-    graph = fit_statistics(ScoreGraph(model), x[splits.train], x[splits.val])
+    target_fpr, note = supported_target(cfg.target_fpr, len(splits.cal))
+    frame = inputs.frame
+    print(
+        f"{len(images)} normal images from {images.source}, {frame.channels}x{frame.height}x"
+        f"{frame.width} {frame.color_mode}; split {splits.sizes()}"
+    )
+    for line in (inputs.describe(), note and f"WARNING: {note}"):
+        if line:
+            print(line)
+    frames = to_inputs(images, frame)
+    train_x, val_x = training_tensors(frames, splits.train, splits.val, inputs, cfg.seed)
+    model = AutoEncoder(cfg.model_config(inputs.spec))
+    history = fit(model, train_x, val_x, cfg.fit_config(len(train_x)))
+    graph = fit_statistics(ScoreGraph(model), train_x, val_x)
     training = {
         "data_source": images.source,
         "normal_class": cfg.normal_class,
@@ -67,14 +115,35 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
         "device": history.device,
         "config": cfg.as_dict(),
     }
-    name = cfg.name or cfg.out.name
     manifest = write_bundle(
-        cfg.out, graph, spec, x[splits.cal].numpy(), training, cfg.target_fpr, name
+        cfg.out,
+        graph,
+        inputs.spec,
+        frames[splits.cal],
+        training,
+        target_fpr,
+        cfg.name or cfg.out.name,
+        tiling=inputs.tiling,
+        requested_target_fpr=cfg.target_fpr if note else None,
+        note=note,
     )
     (cfg.out / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
     print(f"bundle written to {cfg.out}")
     evaluation = evaluate_held_out(cfg, manifest, images.select(splits.val), history.epochs)
     return manifest, evaluation
+
+
+def training_tensors(
+    frames: np.ndarray, train: np.ndarray, val: np.ndarray, inputs: Inputs, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training and validation inputs: the images themselves, or random tiles of them."""
+    if inputs.tiling is None:
+        return torch.from_numpy(frames[train]), torch.from_numpy(frames[val])
+    tile = inputs.spec.height
+    return (
+        torch.from_numpy(tiles.random_tiles(frames[train], tile, tiles.TRAIN_TILES, seed)),
+        torch.from_numpy(tiles.random_tiles(frames[val], tile, tiles.VAL_TILES, seed + 1)),
+    )
 
 
 @torch.no_grad()
@@ -84,6 +153,7 @@ def fit_statistics(graph: ScoreGraph, train: torch.Tensor, val: torch.Tensor) ->
     device = next(graph.parameters()).device
     mu = torch.cat([graph.model.encode(b.to(device))[0] for b in train.split(512)])
     graph.fit_latent_density(mu)
+    graph.fit_local(train[:MAX_LOCAL_FIT], val)
     parts = [graph.raw_scores(b.to(device))[0] for b in val.split(512)]
     graph.fit_standardisation({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
     return graph.cpu()

@@ -4,103 +4,44 @@ The names and descriptions are in `vigil.core.score_names`. Why these: pixel err
 is a weak score; `blurred` counts errors of shape more than texture the decoder cannot
 reproduce; `ssim` is structural; the latent scores (`mahalanobis`, `knn`, `kl`) catch
 images that reconstruct well but are coded unlike normal ones; `combined` averages the
-standardised log-scores of both views (README, "Detection quality").
+standardised log-scores of both views; `local` (`training.local`) is the maximum of a
+per-pixel anomaly map, so a small defect, or one that removes detail, is not averaged
+away; `overall` takes whichever of `combined` and `local` is stronger (README,
+"Detection quality").
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from vigil.core.bundle import ERROR_MAP_OUTPUT, LATENT_OUTPUT, RECONSTRUCTION_IMAGE_OUTPUT
-from vigil.core.score_names import COMBINED_FROM, PRIMARY, score_names
+from vigil.core.bundle import (
+    ANOMALY_MAP_OUTPUT,
+    ERROR_MAP_OUTPUT,
+    LATENT_OUTPUT,
+    RECONSTRUCTION_IMAGE_OUTPUT,
+)
+from vigil.core.score_names import COMBINED, COMBINED_FROM, LOCAL, PRIMARY, score_names
+from vigil.training.graph_ops import (
+    BLUR_SIGMA,
+    BLUR_WINDOW,
+    SSIM_SIGMA,
+    SSIM_WINDOW,
+    GaussianBlur,
+    odd_window,
+    packed_rows,
+    row_mean,
+    row_sum,
+    ssim_map,
+)
+from vigil.training.local import LocalMaps
 from vigil.training.models import AutoEncoder, kl_divergence
 
-SSIM_WINDOW = 7
-SSIM_SIGMA = 1.5
 LOG_EPS = 1e-6
-BLUR_WINDOW = 5
-BLUR_SIGMA = 1.0
 KNN_K = 5
 KNN_BANK = 4096  # at most this many training codes are kept for knn (4096 x latent_dim floats)
-ROW_FLOATS = 16  # a whole number of SIMD packets for every CPU build (SSE 4 ... AVX-512 16)
-
-
-def gaussian_kernel(size: int, sigma: float) -> Tensor:
-    """A normalised 1-D Gaussian of odd length `size`."""
-    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-class GaussianBlur(nn.Module):
-    """A per-channel Gaussian blur with reflected borders, output the size of its input.
-
-    The 2-D Gaussian is separable, so it runs as a 1 x k then a k x 1 depthwise
-    convolution: 2k instead of k^2 multiply-adds per pixel.
-    """
-
-    rows: Tensor
-    cols: Tensor
-
-    def __init__(self, size: int, sigma: float, channels: int) -> None:
-        super().__init__()
-        g = gaussian_kernel(size, sigma)
-        self.pad = size // 2
-        self.register_buffer("rows", g.view(1, 1, 1, size).repeat(channels, 1, 1, 1))
-        self.register_buffer("cols", g.view(1, 1, size, 1).repeat(channels, 1, 1, 1))
-
-    def forward(self, t: Tensor) -> Tensor:
-        groups = self.rows.shape[0]
-        padded = F.pad(t, [self.pad] * 4, mode="reflect")
-        return F.conv2d(F.conv2d(padded, self.rows, groups=groups), self.cols, groups=groups)
-
-
-def packed_rows(t: Tensor, fill: float = 0.0) -> Tensor:
-    """[N, ...] -> [N, M]: each image's values in a row, padded with `fill` to a multiple of 16.
-
-    Why: ONNX Runtime's CPU kernels run reductions and transcendental functions (Log, Exp)
-    in SIMD packets and a buffer's remainder in scalar code that rounds differently. When a
-    row is not a whole number of packets, which of its values land in the remainder depends
-    on its position in the batch, and the last bit of a score would depend on which other
-    images shared its batch. Whole-packet rows get the same bits alone or batched (CPU
-    provider; on CUDA, cuDNN's per-shape algorithm choice may still differ in the last bit).
-    """
-    flat = t.flatten(1)
-    extra = -flat.shape[1] % ROW_FLOATS
-    return F.pad(flat, [0, extra], value=fill) if extra else flat
-
-
-def row_sum(t: Tensor) -> Tensor:
-    """The sum of each image's values [N], independent of the batch (see `packed_rows`)."""
-    return packed_rows(t).sum(1)
-
-
-def row_mean(t: Tensor) -> Tensor:
-    return row_sum(t) / t[0].numel()
-
-
-def odd_window(size: int, height: int, width: int) -> int:
-    """`size`, shrunk to fit the image and made odd."""
-    size = min(size, height, width)
-    return size - (1 - size % 2)
-
-
-def ssim_map(x: Tensor, y: Tensor, blur5: GaussianBlur) -> Tensor:
-    """SSIM per pixel for images in [0, 1] (Wang et al. 2004, Gaussian window).
-
-    `blur5` blurs 5 x C channels: the five local statistics go through one call.
-    """
-    c1, c2 = 0.01**2, 0.03**2
-    stats = blur5(torch.cat([x, y, x * x, y * y, x * y], dim=1))
-    mu_x, mu_y, xx, yy, xy = stats.chunk(5, dim=1)
-    var_x = xx - mu_x**2
-    var_y = yy - mu_y**2
-    cov = xy - mu_x * mu_y
-    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
-    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    return num / den
 
 
 class ScoreGraph(nn.Module):
@@ -113,6 +54,8 @@ class ScoreGraph(nn.Module):
     knn_bank_sq: Tensor
     log_mean: Tensor
     log_std: Tensor
+    overall_mean: Tensor
+    overall_std: Tensor
 
     def __init__(self, model: AutoEncoder) -> None:
         super().__init__()
@@ -128,13 +71,17 @@ class ScoreGraph(nn.Module):
         self.register_buffer("knn_bank_sq", torch.zeros(KNN_K))
         self.register_buffer("latent_mean", torch.zeros(d))
         self.register_buffer("latent_precision", torch.eye(d))
+        self.local = LocalMaps(cfg.channels, h, w)
         self.register_buffer("log_mean", torch.zeros(len(COMBINED_FROM)))
         self.register_buffer("log_std", torch.ones(len(COMBINED_FROM)))
+        self.register_buffer("overall_mean", torch.zeros(2))
+        self.register_buffer("overall_std", torch.ones(2))
 
     def score_names(self) -> list[str]:
         return score_names(self.variational)
 
-    def raw_scores(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+    def raw_scores(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor]:
+        """Scores before `combined`, the error map, x_hat, the code and the anomaly map."""
         mu, logvar = self.model.encode(x)
         x_hat = self.model.decode(mu)
         sq = (x - x_hat).pow(2)
@@ -146,10 +93,13 @@ class ScoreGraph(nn.Module):
             "mahalanobis": row_mean(centred @ self.latent_precision * centred),
             "knn": self.knn_distance(mu),
         }
+        maps = self.local(x, x_hat)
+        anomaly_map = torch.maximum(torch.maximum(maps[:, :1], maps[:, 1:2]), maps[:, 2:3])
+        scores[LOCAL] = anomaly_map.flatten(1).amax(1)  # a max is exact in any order
         if logvar is not None:
             # kl_divergence on zero-padded rows: a padded (0, 0) adds exactly 0
             scores["kl"] = kl_divergence(packed_rows(mu), packed_rows(logvar))
-        return scores, sq.mean(1, keepdim=True), x_hat, mu
+        return scores, sq.mean(1, keepdim=True), x_hat, mu, anomaly_map
 
     def knn_distance(self, mu: Tensor) -> Tensor:
         """Mean distance to the KNN_K nearest training codes (matmul + TopK: exportable)."""
@@ -168,13 +118,15 @@ class ScoreGraph(nn.Module):
         return row_mean((self.log_scores(scores) - self.log_mean) / self.log_std)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        scores, error_map, x_hat, mu = self.raw_scores(x)
-        scores[PRIMARY] = self.combine(scores)
+        scores, error_map, x_hat, mu, anomaly_map = self.raw_scores(x)
+        scores[COMBINED] = self.combine(scores)
+        scores[PRIMARY] = self.overall(scores)
         return {
             **scores,
             ERROR_MAP_OUTPUT: error_map,
             RECONSTRUCTION_IMAGE_OUTPUT: x_hat,
             LATENT_OUTPUT: mu,
+            ANOMALY_MAP_OUTPUT: anomaly_map,
         }
 
     @torch.no_grad()
@@ -197,7 +149,30 @@ class ScoreGraph(nn.Module):
         self.knn_bank_sq = (bank * bank).sum(1)
 
     @torch.no_grad()
+    def fit_local(self, train: Tensor, val: Tensor, batch: int = 256) -> None:
+        """The local maps' Gaussians on training images, their standardisation on validation."""
+
+        def pairs(images: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+            device = next(self.parameters()).device
+            for b in images.split(batch):
+                b = b.to(device)
+                yield b, self.model.decode(self.model.encode(b)[0])
+
+        self.local.fit_gaussians(lambda: pairs(train))
+        self.local.fit_standardisation(torch.cat([self.local.distances(*p) for p in pairs(val)]))
+
+    @torch.no_grad()
     def fit_standardisation(self, scores: dict[str, Tensor]) -> None:
         logs = self.log_scores(scores)
         self.log_mean.copy_(logs.mean(0))
         self.log_std.copy_(logs.std(0).clamp_min(1e-6))
+        both = torch.stack([self.combine(scores), scores[LOCAL]], dim=1)
+        self.overall_mean.copy_(both.mean(0))
+        self.overall_std.copy_(both.std(0).clamp_min(1e-6))
+
+    def overall(self, scores: dict[str, Tensor]) -> Tensor:
+        """max of `combined` and `local`, each standardised on the validation images."""
+        z = (torch.stack([scores[COMBINED], scores[LOCAL]], dim=1) - self.overall_mean) / (
+            self.overall_std
+        )
+        return torch.maximum(z[:, 0], z[:, 1])  # a max is exact: batch-invariant

@@ -24,9 +24,10 @@ from PIL import Image
 from starlette.datastructures import QueryParams
 from starlette.types import Receive, Scope, Send
 
-from vigil.core.bundle import ERROR_MAP_OUTPUT, InputSpec
+from vigil.core.bundle import InputSpec
 from vigil.core.errors import VigilError
 from vigil.core.preprocess import ImageError, load_image
+from vigil.core.tiling import score_frames
 from vigil.core.verdicts import Verdict
 from vigil.service import openapi
 from vigil.service.batching import Row
@@ -153,17 +154,25 @@ class ScoreEndpoint:
         model = holder.acquire()
         try:
             fpr = _thresholds(model, target_fpr)
-            spec = model.manifest.input
+            spec = model.manifest.frame_spec()  # the input; for a tiled bundle the frame
             if sum(len(u.data) for u in uploads) > INLINE_DECODE_BYTES:
                 arrays = await asyncio.to_thread(_prepare, uploads, spec, settings.max_image_pixels)
             else:
                 arrays = _prepare(uploads, spec, settings.max_image_pixels)
-            rows = await model.batcher.score(arrays, heatmap)
-            verdicts = model.judge.judge(_gather(rows, model.score_names), fpr)
+            heat = model.manifest.heatmap_output()
+            maps: list[np.ndarray] | None
+            if model.manifest.tiling is not None:
+                # every tile of every image in one session call; scores = max over tiles
+                raw = await asyncio.to_thread(_score_tiles, model, arrays, heatmap)
+                maps = list(raw[heat]) if heatmap else None
+            else:
+                rows = await model.batcher.score(arrays, heatmap)
+                raw = _gather(rows, model.score_names)
+                maps = [outputs[heat][i] for outputs, i in rows] if heatmap else None
+            verdicts = model.judge.judge(raw, fpr)
             self.metrics.observe_verdicts(
                 [v.scores for v in verdicts], [v.flagged_by for v in verdicts]
             )
-            maps = [outputs[ERROR_MAP_OUTPUT][i] for outputs, i in rows] if heatmap else None
             return _render(model, fpr, uploads, verdicts, maps)
         finally:
             holder.release(model)
@@ -218,6 +227,25 @@ def _prepare(uploads: list[Upload], spec: InputSpec, max_pixels: int) -> list[np
             name = upload.filename if upload.filename is not None else f"file #{index + 1}"
             raise ApiError.of(exc, upload.filename, prefix=f"{name}: ") from exc
     return arrays
+
+
+def _score_tiles(
+    model: LoadedModel, arrays: list[np.ndarray], heatmap: bool
+) -> dict[str, np.ndarray]:
+    """A tiled bundle: every tile of the request's images in one session call."""
+    manifest = model.manifest
+    assert manifest.tiling is not None
+    maps = [manifest.heatmap_output()] if heatmap else []
+    return score_frames(
+        model.session,
+        arrays,
+        manifest.tiling,
+        manifest.input,
+        model.score_names,
+        maps,
+        frames_per_call=len(arrays),
+        tiles_per_call=1 << 30,
+    )
 
 
 def _gather(rows: list[Row], names: list[str]) -> dict[str, np.ndarray]:

@@ -1,0 +1,231 @@
+"""Texture benchmark data: real surface photos, crops at several scales, synthetic local defects.
+
+Source photos: scikit-image's bundled `brick`, `grass` and `gravel` (512x512 grayscale,
+CC0; they ship inside the scikit-image wheel, nothing is downloaded). Each photo is split
+by rows: normal training crops come from the top 60 %, test crops (normal and defective)
+from the bottom 40 %, so no test pixel was seen in training.
+
+Normal images are square crops of side 64, 96 or 128 source pixels, resized to 64x64 and
+randomly flipped left-right. Defects are drawn on test crops at model resolution, with a
+pixel mask each, in seven kinds and three sizes (the defect's extent, in pixels of the
+64x64 image):
+
+- high contrast: `scratch` (a thin straight line, bright or dark), `spot` (a disk, bright or
+  dark), `crack` (a dark random-walk path);
+- low contrast or detail-removing: `stain` (a soft blob, +-0.08-0.15 of the range),
+  `missing` (a patch filled with the crop's mean: texture gone), `smoothed` (a patch
+  blurred, sigma 2.5), `brightness` (a patch shifted by +-0.1).
+
+Everything is a function of a seed, so CI can rebuild the same data.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+TEXTURES = ("brick", "grass", "gravel")
+KINDS = ("scratch", "spot", "crack", "stain", "missing", "smoothed", "brightness")
+HIGH_CONTRAST = ("scratch", "spot", "crack")
+SIZES = {"small": 5, "medium": 10, "large": 18}
+CROP_SCALES = (1.0, 1.5, 2.0)
+TRAIN_ROWS = 0.6  # the top 60 % of each photo for normal training crops
+
+
+def photo(name: str) -> np.ndarray:
+    """A texture photo as float32 [H, W] in [0, 1]."""
+    from skimage import data
+
+    return np.asarray(getattr(data, name)(), dtype=np.float32) / 255.0
+
+
+def region(image: np.ndarray, part: str) -> np.ndarray:
+    cut = round(image.shape[0] * TRAIN_ROWS)
+    return image[:cut] if part == "train" else image[cut:]
+
+
+def crops(source: np.ndarray, n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """n random square crops at several scales, resized to size x size: float32 [n, size, size]."""
+    out = np.empty((n, size, size), dtype=np.float32)
+    h, w = source.shape
+    for i in range(n):
+        side = min(round(size * rng.choice(CROP_SCALES)), h, w)
+        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        patch = source[top : top + side, left : left + side]
+        if side != size:
+            patch = np.asarray(
+                Image.fromarray(patch).resize((size, size), Image.Resampling.BILINEAR)
+            )
+        out[i] = patch[:, ::-1] if rng.random() < 0.5 else patch
+    return out
+
+
+# ---------------------------------------------------------------- defects
+
+
+def _disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+    return np.clip(r + 0.5 - d, 0.0, 1.0)  # anti-aliased edge
+
+
+def _line(shape: tuple[int, int], points: np.ndarray, width: float) -> np.ndarray:
+    """Anti-aliased polyline through `points` [[y, x], ...] of the given width."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    best = np.full(shape, np.inf, dtype=np.float32)
+    for (y0, x0), (y1, x1) in itertools.pairwise(points):
+        dy, dx = y1 - y0, x1 - x0
+        t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / max(dy * dy + dx * dx, 1e-6), 0, 1)
+        best = np.minimum(best, np.hypot(yy - (y0 + t * dy), xx - (x0 + t * dx)))
+    return np.clip(width / 2 + 0.5 - best, 0.0, 1.0)
+
+
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    radius = int(3 * sigma)
+    g = np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * sigma**2))
+    g /= g.sum()
+    padded = np.pad(image, radius, mode="reflect")
+    rows = np.apply_along_axis(lambda r: np.convolve(r, g, mode="valid"), 1, padded)
+    return np.apply_along_axis(lambda c: np.convolve(c, g, mode="valid"), 0, rows)
+
+
+def _sign(rng: np.random.Generator) -> float:
+    return 1.0 if rng.random() < 0.5 else -1.0
+
+
+def _centre(shape: tuple[int, int], margin: float, rng: np.random.Generator) -> tuple[float, float]:
+    m = min(margin, shape[0] / 2 - 1)
+    return float(rng.uniform(m, shape[0] - m)), float(rng.uniform(m, shape[1] - m))
+
+
+def _scratch(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    cy, cx = _centre(x.shape, s / 2 + 1, rng)
+    angle = rng.uniform(0, np.pi)
+    centre = np.array([cy, cx])
+    half = s / 2 * np.array([np.sin(angle), np.cos(angle)])
+    weight = _line(x.shape, np.array([centre - half, centre + half]), 1.0 + (s > 10))
+    target = 1.0 if _sign(rng) > 0 else 0.0
+    return x + weight * 0.8 * (target - x), weight > 0.25
+
+
+def _spot(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    cy, cx = _centre(x.shape, s / 2 + 1, rng)
+    weight = _disk(x.shape, cy, cx, s / 2)
+    return x + weight * _sign(rng) * rng.uniform(0.25, 0.4), weight > 0.25
+
+
+def _crack(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    cy, cx = _centre(x.shape, s / 2 + 1, rng)
+    steps = max(3, s // 3)
+    heading = rng.uniform(0, 2 * np.pi)
+    points = [np.array([cy, cx]) - s / 2 * np.array([np.sin(heading), np.cos(heading)])]
+    for _ in range(steps):
+        heading += rng.normal(0, 0.6)
+        points.append(points[-1] + s / steps * np.array([np.sin(heading), np.cos(heading)]))
+    weight = _line(x.shape, np.array(points), 1.0)
+    return x * (1 - weight * rng.uniform(0.5, 0.7)), weight > 0.25
+
+
+def _stain(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    cy, cx = _centre(x.shape, s / 2, rng)
+    yy, xx = np.mgrid[: x.shape[0], : x.shape[1]]
+    weight = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (s / 3) ** 2))
+    return x + weight * _sign(rng) * rng.uniform(0.08, 0.15), weight > 0.3
+
+
+def _box(shape: tuple[int, int], s: int, rng: np.random.Generator) -> np.ndarray:
+    cy, cx = _centre(shape, s / 2, rng)
+    top, left = round(cy - s / 2), round(cx - s / 2)
+    mask = np.zeros(shape, dtype=bool)
+    mask[max(top, 0) : top + s, max(left, 0) : left + s] = True
+    return mask
+
+
+def _missing(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    mask = _box(x.shape, s, rng)
+    return np.where(mask, x.mean(), x), mask
+
+
+def _smoothed(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    mask = _box(x.shape, s, rng)
+    return np.where(mask, _blur(x, 2.5), x), mask
+
+
+def _brightness(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    mask = _box(x.shape, s, rng)
+    return np.where(mask, x + _sign(rng) * 0.1, x), mask
+
+
+DEFECTS: dict[str, Callable[[np.ndarray, int, np.random.Generator], tuple[np.ndarray, np.ndarray]]]
+DEFECTS = {
+    "scratch": _scratch,
+    "spot": _spot,
+    "crack": _crack,
+    "stain": _stain,
+    "missing": _missing,
+    "smoothed": _smoothed,
+    "brightness": _brightness,
+}
+
+
+def add_defect(
+    x: np.ndarray, kind: str, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One defect on a float [H, W] image: (defective image clipped to [0, 1], bool mask)."""
+    out, mask = DEFECTS[kind](x.astype(np.float64), size, rng)
+    return np.clip(out, 0.0, 1.0).astype(np.float32), mask
+
+
+@dataclass
+class TextureSet:
+    texture: str
+    train: np.ndarray  # normal crops for `vigil train` [N, S, S] float32
+    test_normal: np.ndarray
+    test_anomalous: np.ndarray
+    masks: np.ndarray  # [M, S, S] bool, for the anomalous test crops
+    kinds: np.ndarray  # [M] defect kind names
+    sizes: np.ndarray  # [M] size names
+
+
+def build(
+    texture: str,
+    n_train: int = 1000,
+    n_test_normal: int = 300,
+    n_per_cell: int = 60,
+    size: int = 64,
+    seed: int = 0,
+) -> TextureSet:
+    """The benchmark's images for one texture; `n_per_cell` anomalies per kind x size."""
+    rng = np.random.default_rng([seed, TEXTURES.index(texture)])
+    image = photo(texture)
+    train = crops(region(image, "train"), n_train, size, rng)
+    test_normal = crops(region(image, "test"), n_test_normal, size, rng)
+    bases = crops(region(image, "test"), n_per_cell * len(KINDS) * len(SIZES), size, rng)
+    anomalous, masks, kinds, sizes = [], [], [], []
+    i = 0
+    for kind in KINDS:
+        for size_name, extent in SIZES.items():
+            for _ in range(n_per_cell):
+                out, mask = add_defect(bases[i], kind, extent, rng)
+                anomalous.append(out)
+                masks.append(mask)
+                kinds.append(kind)
+                sizes.append(size_name)
+                i += 1
+    return TextureSet(
+        texture,
+        train,
+        test_normal,
+        np.stack(anomalous),
+        np.stack(masks),
+        np.array(kinds),
+        np.array(sizes),
+    )
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)
