@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from vigil.core.bundle import ERROR_MAP_OUTPUT, BundleError, InputSpec, Manifest, load_bundle
+from vigil.core.bundle import (
+    ERROR_MAP_OUTPUT,
+    RECONSTRUCTION_IMAGE_OUTPUT,
+    BundleError,
+    InputSpec,
+    Manifest,
+    load_bundle,
+)
 from vigil.core.calibration import CalibrationError
 from vigil.core.errors import VigilError
 from vigil.core.runtime import create_session, run
@@ -42,8 +49,15 @@ class NotReady(VigilError):
     code = "not_ready"
 
 
+# The per-pixel outputs a request with maps gets besides the scores.
+MAP_OUTPUTS = (ERROR_MAP_OUTPUT, RECONSTRUCTION_IMAGE_OUTPUT)
+
+
 class SessionRunner:
     """One session call for the batcher (blocking; runs in its inference thread).
+
+    Without maps it asks the graph for the scores alone; with maps (`?heatmap=true`) also
+    for the error map and the reconstruction (`MAP_OUTPUTS`).
 
     It holds the session, not the LoadedModel: a model retired by a reload is freed by
     reference counting alone, without waiting for (or escaping) the cyclic GC.
@@ -51,7 +65,7 @@ class SessionRunner:
 
     def __init__(self, session: ort.InferenceSession, score_names: list[str]) -> None:
         self.session = session
-        self.outputs = (score_names, [*score_names, ERROR_MAP_OUTPUT])
+        self.outputs = (score_names, [*score_names, *MAP_OUTPUTS])
 
     def __call__(self, batch: np.ndarray, with_map: bool) -> Outputs:
         return run(self.session, batch, self.outputs[with_map])
@@ -163,7 +177,7 @@ def _check_graph(session: ort.InferenceSession, manifest: Manifest) -> None:
     ):
         raise BundleError(f"the graph's input shape {inputs[0].shape} does not fit {expected}")
     outputs = {o.name for o in session.get_outputs()}
-    missing = [name for name in [*manifest.scores, ERROR_MAP_OUTPUT] if name not in outputs]
+    missing = [name for name in [*manifest.scores, *MAP_OUTPUTS] if name not in outputs]
     if missing:
         raise BundleError(f"the graph lacks the outputs {missing}")
 

@@ -24,7 +24,7 @@ from PIL import Image
 from starlette.datastructures import QueryParams
 from starlette.types import Receive, Scope, Send
 
-from vigil.core.bundle import ERROR_MAP_OUTPUT, InputSpec
+from vigil.core.bundle import ERROR_MAP_OUTPUT, RECONSTRUCTION_IMAGE_OUTPUT, InputSpec
 from vigil.core.errors import VigilError
 from vigil.core.preprocess import ImageError, load_image
 from vigil.core.verdicts import Verdict
@@ -97,7 +97,9 @@ PARAMETERS = [
         "in": "query",
         "required": False,
         "schema": {"type": "boolean", "default": False},
-        "description": "add each image's per-pixel error map as a base64 PNG",
+        "description": "add each image's per-pixel error map (`heatmap`, scaled to "
+        "`heatmap_max`) and its reconstruction (`reconstruction`) as base64 PNGs at the "
+        "model's input size; without it the graph computes neither",
     },
 ]
 TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
@@ -163,7 +165,7 @@ class ScoreEndpoint:
             self.metrics.observe_verdicts(
                 [v.scores for v in verdicts], [v.flagged_by for v in verdicts]
             )
-            maps = [outputs[ERROR_MAP_OUTPUT][i] for outputs, i in rows] if heatmap else None
+            maps = _maps(rows) if heatmap else None
             return _render(model, fpr, uploads, verdicts, maps)
         finally:
             holder.release(model)
@@ -228,12 +230,20 @@ def _gather(rows: list[Row], names: list[str]) -> dict[str, np.ndarray]:
     return {name: np.array([out[name][i] for out, i in rows]) for name in names}
 
 
+def _maps(rows: list[Row]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each image's (error map [1, H, W], reconstruction [C, H, W])."""
+    return [
+        (outputs[ERROR_MAP_OUTPUT][i], outputs[RECONSTRUCTION_IMAGE_OUTPUT][i])
+        for outputs, i in rows
+    ]
+
+
 def _render(
     model: LoadedModel,
     fpr: float,
     uploads: list[Upload],
     verdicts: list[Verdict],
-    maps: list[np.ndarray] | None,
+    maps: list[tuple[np.ndarray, np.ndarray]] | None,
 ) -> bytes:
     absent = {name: None for name in KNOWN_SCORES if name not in model.judge.calibration}
     thresholds: dict[str, float | None] = {**verdicts[0].thresholds, **absent} if verdicts else {}
@@ -249,7 +259,9 @@ def _render(
             "flagged_by": verdict.flagged_by,
         }
         if maps is not None:
-            result["heatmap"], result["heatmap_max"] = _heatmap(maps[index])
+            error_map, x_hat = maps[index]
+            result["heatmap"], result["heatmap_max"] = _heatmap(error_map)
+            result["reconstruction"] = _reconstruction(x_hat)
         results.append(result)
     response = {
         "model": model.ref,
@@ -264,7 +276,18 @@ def _heatmap(error_map: np.ndarray) -> tuple[str, float]:
     values = np.nan_to_num(np.asarray(error_map, dtype=np.float32).reshape(error_map.shape[-2:]))
     top = float(values.max())
     scaled = values / top if top > 0 else np.zeros_like(values)
-    pixels = np.round(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+    return _png(scaled), top
+
+
+def _reconstruction(x_hat: np.ndarray) -> str:
+    """A reconstruction [C, H, W] in [0, 1] as a base64 8-bit PNG (grayscale or RGB)."""
+    values = np.nan_to_num(np.asarray(x_hat, dtype=np.float32))
+    return _png(values[0] if values.shape[0] == 1 else values.transpose(1, 2, 0))
+
+
+def _png(values: np.ndarray) -> str:
+    """Values in [0, 1], [H, W] or [H, W, 3], as a base64 8-bit PNG."""
+    pixels = np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii"), top
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
