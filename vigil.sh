@@ -32,7 +32,10 @@ system_deps() {
   local pkgs=()
   [ -d "$FMNIST" ] || pkgs+=(dataset-fashion-mnist)
   "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3-venv)
-  if [ "${1:-}" = test ]; then command -v promtool >/dev/null || pkgs+=(prometheus); fi
+  if [ "${1:-}" = test ]; then
+    command -v promtool >/dev/null || pkgs+=(prometheus)
+    command -v chromium >/dev/null || pkgs+=(chromium)  # tests/test_page_browser.py
+  fi
   [ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
 }
 

@@ -56,10 +56,12 @@ const modelReady = new Promise((resolve) => {
 let running = 0;
 const waiting = [];
 
-async function limited(task) {
+// Runs `task` when a slot is free; a task that became stale while it waited is not run.
+async function limited(task, stale) {
   if (running >= IN_FLIGHT) await new Promise((resolve) => waiting.push(resolve));
   running += 1;
   try {
+    if (stale()) return null;
     return await task();
   } finally {
     running -= 1;
@@ -157,12 +159,13 @@ function showThreshold() {
 
 let fprTimer = null;
 
-function fprChanged(immediate) {
+// Re-score once the control rests: a held arrow key or a drag sends one round, not one per step.
+function fprChanged() {
   const fpr = fprAt(Number(ui.fpr.value));
   state.fpr = fpr === state.model.target_fpr ? null : fpr;
   showFpr();
   clearTimeout(fprTimer);
-  fprTimer = setTimeout(rescoreAll, immediate ? 0 : 250);
+  fprTimer = setTimeout(rescoreAll, 200);
 }
 
 function rescoreAll() {
@@ -207,7 +210,11 @@ async function score(entry) {
   if (entry.result) renderEntry(entry, state.model);
   let answer;
   try {
-    answer = await limited(() => scoreFile(entry.file, { targetFpr: fpr, heatmap: wantMaps }));
+    answer = await limited(
+      () => scoreFile(entry.file, { targetFpr: fpr, heatmap: wantMaps }),
+      () => seq !== entry.seq || !state.entries.includes(entry),
+    );
+    if (answer === null) return; // superseded before it was sent
     await modelReady; // results are shown against the model card's scores
     if (wantMaps && answer.result.heatmap) await decodeMaps(entry, answer.result);
   } catch (exc) {
@@ -315,8 +322,7 @@ document.addEventListener("paste", (event) => {
   }
 });
 
-ui.fpr.addEventListener("input", () => fprChanged(false));
-ui.fpr.addEventListener("change", () => fprChanged(true));
+ui.fpr.addEventListener("input", fprChanged);
 ui.fprReset.addEventListener("click", () => {
   state.fpr = null;
   ui.fpr.value = String(positionOf(state.model.target_fpr));

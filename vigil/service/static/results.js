@@ -67,7 +67,7 @@ function renderScores(li, result, model) {
   li.dataset.score = String(result.score);
   const sub = [`p-value ${num(result.p_values[primary], 2)}`];
   if (result.flagged_by.length) sub.push(`flagged by ${result.flagged_by.join(", ")}`);
-  else sub.push("no verdict score over its threshold");
+  else sub.push("not flagged");
   q(".primary").replaceChildren(
     h("div", { class: "primary-line" },
       h("span", { class: "mono" }, primary), " ",
