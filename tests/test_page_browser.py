@@ -6,11 +6,10 @@ checks the page against /score: the same verdicts and scores, a rendered heatmap
 reconstruction, the API's own message beside the bad file's name, thresholds that follow
 the target-FPR control (moved by keyboard), and the grid sorted most anomalous first.
 
-It saves a screenshot to build/page.png, or to $VIGIL_PAGE_SCREENSHOT. $VIGIL_PAGE_BUNDLE
-serves another bundle instead (its own report, if any); the README's screenshot shows the
-default model:
-  ./vigil.sh train && VIGIL_PAGE_BUNDLE=models/default VIGIL_PAGE_SCREENSHOT=docs/page.png \
-    .venv/bin/pytest tests/test_page_browser.py
+It saves a screenshot to build/page.png, or to $VIGIL_PAGE_SCREENSHOT: the README's,
+docs/page.png, is made by `VIGIL_PAGE_SCREENSHOT=docs/page.png .venv/bin/pytest
+tests/test_page_browser.py`. $VIGIL_PAGE_BUNDLE serves another bundle instead (with its
+own report, if it has one), e.g. models/default after ./vigil.sh train.
 
 Needs `chromium` (apt-get install chromium) and `playwright` (the dev extra; its wheel
 carries the driver, `playwright install` is not needed). Missing, the test skips, or
@@ -274,6 +273,12 @@ def test_the_page_in_a_browser(server: str) -> None:
             assert float(shown or "nan") == pytest.approx(
                 expected["thresholds"][model["primary_score"]], rel=1e-3
             )
+
+            first = page.locator("#grid .card").first
+            first.locator("summary").press("Enter")  # every score, its threshold and p-value
+            rows = first.locator(".all-scores tbody tr")
+            assert rows.count() == len(model["scores"])
+            assert first.locator(".all-scores").get_attribute("open") is not None
 
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.evaluate("document.activeElement.blur()")

@@ -87,13 +87,14 @@ function renderScores(li, result, model) {
     return h(
       "tr",
       { class: cls || null, title: model.score_descriptions[name] || null },
-      h("th", { scope: "row" }, name, verdictScores.has(name) ? h("span", { class: "tag", text: "verdict" }) : null),
+      h("th", { scope: "row" }, name, verdictScores.has(name) ? h("span", { class: "tag", title: "a verdict score" }, "*") : null),
       h("td", { class: "num" }, num(value)),
       h("td", { class: "num" }, num(limit)),
       h("td", { class: "num" }, num(result.p_values[name], 2)),
     );
   });
   q(".all-scores tbody").replaceChildren(...rows);
+  q(".all-scores .table-note").textContent = `* verdict: flagged when ${[...verdictScores].join(" or ")} is over its threshold`;
   q(".all-scores").hidden = false;
 }
 
