@@ -234,8 +234,14 @@ async function score(entry) {
   entry.fpr = answer.targetFpr;
   renderEntry(entry, state.model);
   refresh();
-  if (state.model && answer.model.sha256 !== state.model.onnx.sha256) loadModel(); // reloaded
+  if (reloaded(answer.model)) loadModel();
   else if (entry.fpr !== effectiveFpr()) score(entry); // the control moved meanwhile
+}
+
+// The service answered with another model than the card shows (a hot reload or a recalibration).
+function reloaded(ref) {
+  const m = state.model;
+  return Boolean(m) && (ref.name !== m.name || ref.version !== m.version || ref.sha256 !== m.onnx.sha256);
 }
 
 async function decodeMaps(entry, result) {
