@@ -68,7 +68,9 @@ def _missing(tool: str, how: str) -> NoReturn:
     pytest.skip(message)
 
 
-def _chromium() -> str:
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The browser, checked before any bundle is trained or server started."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if sync_playwright is None:
         _missing("playwright", 'pip install -e ".[dev]"')
@@ -84,7 +86,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bundle(
+    chromium: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """The session's VAE bundle with a real training report, written as `vigil evaluate`
     writes one (on a few test images, to stay quick); or $VIGIL_PAGE_BUNDLE as it is."""
     if os.environ.get("VIGIL_PAGE_BUNDLE"):
@@ -195,8 +199,7 @@ def _check_against_api(url: str, page: Page, uploads: dict[str, bytes], fpr: flo
         assert not card["errorShown"], name
 
 
-def test_the_page_in_a_browser(server: str) -> None:
-    chromium = _chromium()
+def test_the_page_in_a_browser(chromium: str, server: str) -> None:
     assert sync_playwright is not None
     uploads = {name: (DATA / name).read_bytes() for name in (NORMAL, *ANOMALIES)}
     uploads[BAD[0]] = BAD[1]
