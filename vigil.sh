@@ -39,6 +39,7 @@ system_deps() {
     # iptables (published ports), catatonit (compose `init: true`), and debootstrap for
     # the stand-in base images (deploy/base-image.sh).
     pkgs+=(podman runc netavark aardvark-dns iptables catatonit debootstrap)
+    command -v chromium >/dev/null || pkgs+=(chromium)  # tests/test_page_browser.py
   fi
   [ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
 }

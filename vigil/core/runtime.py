@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from vigil.core.bundle import ERROR_MAP_OUTPUT, BundleError, Manifest
+from vigil.core.bundle import RECONSTRUCTION_IMAGE_OUTPUT, BundleError, Manifest
 from vigil.core.errors import VigilError
 
 log = logging.getLogger("vigil.runtime")
@@ -87,7 +87,8 @@ def check_graph(session: ort.InferenceSession, manifest: Manifest) -> None:
     ):
         raise BundleError(f"the graph's input shape {inputs[0].shape} does not fit {expected}")
     outputs = {o.name for o in session.get_outputs()}
-    missing = [name for name in [*manifest.scores, ERROR_MAP_OUTPUT] if name not in outputs]
+    wanted = [*manifest.scores, manifest.heatmap_output(), RECONSTRUCTION_IMAGE_OUTPUT]
+    missing = [name for name in wanted if name not in outputs]
     if missing:
         raise BundleError(f"the graph lacks the outputs {missing}")
 

@@ -3,7 +3,7 @@
 A request passes, outermost first: `RequestMetrics` (count and time it; a bug becomes a
 500 in the one error shape), `BodyLimit` (413 before reading too much), then `FastRoute`, which hands POST /score, the production path, straight to
 `routes.score.ScoreEndpoint`; every other request goes through FastAPI's router to the
-probes (`routes.probes`) and admin (`routes.admin`) routes.
+probes (`routes.probes`), admin (`routes.admin`) and browser page (`routes.page`) routes.
 
 Process model: ONE uvicorn worker per process, on purpose. The dynamic batcher gathers
 concurrent requests inside that process, so several workers would split the traffic into
@@ -23,7 +23,7 @@ from vigil.service.lifespan import Lifespan
 from vigil.service.metrics import Metrics
 from vigil.service.middleware import BodyLimit, FastRoute, RequestMetrics
 from vigil.service.model import ModelHolder
-from vigil.service.routes import admin, probes, score
+from vigil.service.routes import admin, page, probes, score
 from vigil.service.schemas import ScoreResponse
 from vigil.service.settings import Settings
 
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes.append(score_route)
     app.include_router(probes.router(holder, metrics))
     app.include_router(admin.router(settings, holder))
+    app.include_router(page.router(holder))  # GET /: the page to try the model in a browser
     openapi.install(app, {score.ROUTE: {"post": score.OPERATION}}, [ScoreResponse])
 
     # add_middleware wraps what is there: the last added runs first.

@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from vigil.core.bundle import ERROR_MAP_OUTPUT, BundleError, InputSpec, Manifest, load_bundle
+from vigil.core.bundle import (
+    ERROR_MAP_OUTPUT,
+    RECONSTRUCTION_IMAGE_OUTPUT,
+    BundleError,
+    InputSpec,
+    Manifest,
+    load_bundle,
+)
 from vigil.core.calibration import CalibrationError
 from vigil.core.errors import VigilError
 from vigil.core.runtime import ProviderError, check_graph, create_session, run
@@ -42,8 +49,12 @@ class NotReady(VigilError):
     code = "not_ready"
 
 
+# The per-pixel outputs a request with maps gets besides the scores.
 class SessionRunner:
     """One session call for the batcher (blocking; runs in its inference thread).
+
+    Without maps it asks the graph for the scores alone; with maps (`?heatmap=true`) also
+    for the bundle's heatmap (its anomaly map, or the error map) and the reconstruction.
 
     It holds the session, not the LoadedModel: a model retired by a reload is freed by
     reference counting alone, without waiting for (or escaping) the cyclic GC.
@@ -53,7 +64,7 @@ class SessionRunner:
         self, session: ort.InferenceSession, score_names: list[str], heatmap: str = ERROR_MAP_OUTPUT
     ) -> None:
         self.session = session
-        self.outputs = (score_names, [*score_names, heatmap])
+        self.outputs = (score_names, [*score_names, heatmap, RECONSTRUCTION_IMAGE_OUTPUT])
 
     def __call__(self, batch: np.ndarray, with_map: bool) -> Outputs:
         return run(self.session, batch, self.outputs[with_map])

@@ -57,6 +57,11 @@ class ScoreResult(BaseModel):
         "bundle's: the frame, stitched from its tiles), scaled so that 255 = heatmap_max",
     )
     heatmap_max: float | None = Field(None, description="the error value shown as 255")
+    reconstruction: str | None = Field(
+        None,
+        description="with heatmap=true: the model's reconstruction of the image as a base64 8-bit "
+        "PNG (grayscale or RGB, the model's colour mode) at the model's input size",
+    )
 
 
 class ScoreResponse(BaseModel):

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import io
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,12 @@ from PIL import Image
 from starlette.datastructures import QueryParams
 from starlette.types import Receive, Scope, Send
 
-from vigil.core.bundle import InputSpec
+from vigil.core.bundle import (
+    ANOMALY_MAP_OUTPUT,
+    ERROR_MAP_OUTPUT,
+    RECONSTRUCTION_IMAGE_OUTPUT,
+    InputSpec,
+)
 from vigil.core.errors import VigilError
 from vigil.core.preprocess import ImageError, load_image
 from vigil.core.tiling import score_frames
@@ -41,6 +47,8 @@ from vigil.service.settings import Settings
 from vigil.service.uploads import FIELD, Upload, read_uploads
 
 ROUTE = "/score"
+# The per-pixel outputs a heatmap=true answer shows (the heatmap is the bundle's own).
+MAP_NAMES = (ANOMALY_MAP_OUTPUT, ERROR_MAP_OUTPUT, RECONSTRUCTION_IMAGE_OUTPUT)
 # Bodies above this many bytes are decoded in a worker thread, not on the event loop.
 INLINE_DECODE_BYTES = 256 * 1024
 
@@ -98,7 +106,9 @@ PARAMETERS = [
         "in": "query",
         "required": False,
         "schema": {"type": "boolean", "default": False},
-        "description": "add each image's per-pixel error map as a base64 PNG",
+        "description": "add each image's per-pixel error map (`heatmap`, scaled to "
+        "`heatmap_max`) and its reconstruction (`reconstruction`) as base64 PNGs at the "
+        "model's input size; without it the graph computes neither",
     },
 ]
 TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
@@ -159,16 +169,13 @@ class ScoreEndpoint:
                 arrays = await asyncio.to_thread(_prepare, uploads, spec, settings.max_image_pixels)
             else:
                 arrays = _prepare(uploads, spec, settings.max_image_pixels)
-            heat = model.manifest.heatmap_output()
-            maps: list[np.ndarray] | None
             if model.manifest.tiling is not None:
                 # every tile of every image in one session call; scores = max over tiles
                 raw = await asyncio.to_thread(_score_tiles, model, arrays, heatmap)
-                maps = list(raw[heat]) if heatmap else None
             else:
                 rows = await model.batcher.score(arrays, heatmap)
-                raw = _gather(rows, model.score_names)
-                maps = [outputs[heat][i] for outputs, i in rows] if heatmap else None
+                raw = _gather(rows, model.score_names, MAP_NAMES if heatmap else ())
+            maps = _maps(raw, model.manifest.heatmap_output()) if heatmap else None
             verdicts = model.judge.judge(raw, fpr)
             self.metrics.observe_verdicts(
                 [v.scores for v in verdicts], [v.flagged_by for v in verdicts]
@@ -235,25 +242,31 @@ def _score_tiles(
     """A tiled bundle: every tile of the request's images in one session call."""
     manifest = model.manifest
     assert manifest.tiling is not None
-    maps = [manifest.heatmap_output()] if heatmap else []
     return score_frames(
         model.session,
         arrays,
         manifest.tiling,
         manifest.input,
         model.score_names,
-        maps,
+        [manifest.heatmap_output(), RECONSTRUCTION_IMAGE_OUTPUT] if heatmap else [],
         frames_per_call=len(arrays),
         tiles_per_call=1 << 30,
     )
 
 
-def _gather(rows: list[Row], names: list[str]) -> dict[str, np.ndarray]:
-    """Per-score arrays [N] for one request's rows (views when they sit in one batch)."""
+def _gather(rows: list[Row], scores: list[str], maps: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Per-image arrays for one request's rows (views when they sit in one batch): each
+    score [N], and each of `maps` that the batch's outputs hold [N, C, H, W]."""
     first, start = rows[0]
+    names = [*scores, *(name for name in maps if name in first)]
     if all(out is first and i == start + k for k, (out, i) in enumerate(rows)):
         return {name: first[name][start : start + len(rows)] for name in names}
     return {name: np.array([out[name][i] for out, i in rows]) for name in names}
+
+
+def _maps(raw: dict[str, np.ndarray], heat: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each image's (heatmap [1, H, W], reconstruction [C, H, W])."""
+    return list(zip(raw[heat], raw[RECONSTRUCTION_IMAGE_OUTPUT], strict=True))
 
 
 def _render(
@@ -261,7 +274,7 @@ def _render(
     fpr: float,
     uploads: list[Upload],
     verdicts: list[Verdict],
-    maps: list[np.ndarray] | None,
+    maps: list[tuple[np.ndarray, np.ndarray]] | None,
 ) -> bytes:
     absent = {name: None for name in KNOWN_SCORES if name not in model.judge.calibration}
     thresholds: dict[str, float | None] = {**verdicts[0].thresholds, **absent} if verdicts else {}
@@ -277,7 +290,9 @@ def _render(
             "flagged_by": verdict.flagged_by,
         }
         if maps is not None:
-            result["heatmap"], result["heatmap_max"] = _heatmap(maps[index])
+            error_map, x_hat = maps[index]
+            result["heatmap"], result["heatmap_max"] = _heatmap(error_map)
+            result["reconstruction"] = _reconstruction(x_hat)
         results.append(result)
     response = {
         "model": model.ref,
@@ -292,7 +307,18 @@ def _heatmap(error_map: np.ndarray) -> tuple[str, float]:
     values = np.nan_to_num(np.asarray(error_map, dtype=np.float32).reshape(error_map.shape[-2:]))
     top = float(values.max())
     scaled = values / top if top > 0 else np.zeros_like(values)
-    pixels = np.round(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+    return _png(scaled), top
+
+
+def _reconstruction(x_hat: np.ndarray) -> str:
+    """A reconstruction [C, H, W] in [0, 1] as a base64 8-bit PNG (grayscale or RGB)."""
+    values = np.nan_to_num(np.asarray(x_hat, dtype=np.float32))
+    return _png(values[0] if values.shape[0] == 1 else values.transpose(1, 2, 0))
+
+
+def _png(values: np.ndarray) -> str:
+    """Values in [0, 1], [H, W] or [H, W, 3], as a base64 8-bit PNG."""
+    pixels = np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii"), top
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
