@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from test_service_support import encode, files, make_settings, serving, tshirt
 
+from vigil.cli import main
 from vigil.training.data import read_images
 
 # Files the service refuses, with the code it answers (max_image_pixels = PIXELS).
@@ -92,3 +93,9 @@ def assert_same_as_service(row: dict[str, Any], answer: Any, primary: str) -> No
     assert row["p_value"] == answer["p_values"][primary]
     for name, value in answer["scores"].items():
         assert row.get(name) == value, name
+
+
+def score(bundle: Path, out: Path, *inputs: object, extra: tuple[str, ...] = ()) -> int:
+    """`vigil score` as a user runs it, with the tests' pixel limit and no progress bar."""
+    argv = ["score", "--bundle", str(bundle), "--out", str(out), *map(str, inputs)]
+    return main([*argv, "--max-image-pixels", str(PIXELS), "--no-progress", *extra])

@@ -15,19 +15,18 @@ import pyarrow.parquet as pq
 import pytest
 from batch_support import (
     BAD,
-    PIXELS,
     assert_same_as_service,
     fashion,
     image_folder,
     metadata,
     rows,
+    score,
     service_answers,
 )
 from conftest import smooth_noise_frames
 from test_data import write_idx
 from test_service_support import encode
 
-from vigil.cli import main
 from vigil.core.score_names import PRIMARY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,11 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def score(bundle: Path, out: Path, *inputs: object, extra: tuple[str, ...] = ()) -> int:
-    argv = ["score", "--bundle", str(bundle), "--out", str(out), *map(str, inputs)]
-    return main([*argv, "--max-image-pixels", str(PIXELS), "--no-progress", *extra])
 
 
 @pytest.mark.anyio

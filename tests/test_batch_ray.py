@@ -16,15 +16,14 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 import ray
 from batch_support import (
-    PIXELS,
     assert_same_as_service,
     image_folder,
     metadata,
     rows,
+    score,
     service_answers,
 )
 
-from vigil.cli import main
 from vigil.core.score_names import PRIMARY
 
 
@@ -39,11 +38,6 @@ def cluster() -> Iterator[None]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def score(bundle: Path, out: Path, *inputs: object, extra: tuple[str, ...] = ()) -> int:
-    argv = ["score", "--bundle", str(bundle), "--out", str(out), *map(str, inputs)]
-    return main([*argv, "--max-image-pixels", str(PIXELS), "--no-progress", *extra])
 
 
 @pytest.mark.anyio
