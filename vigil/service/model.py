@@ -36,6 +36,7 @@ from vigil.core.calibration import CalibrationError
 from vigil.core.errors import VigilError
 from vigil.core.runtime import ProviderError, check_graph, create_session, run
 from vigil.core.verdicts import Judge
+from vigil.service.admission import Admission
 from vigil.service.batching import Batcher, BatchObserver, Outputs
 from vigil.service.metrics import Metrics
 from vigil.service.settings import GPU_PROVIDER, Settings
@@ -117,6 +118,7 @@ def load_model(path: Path, settings: Settings, observer: BatchObserver | None) -
         max_request=settings.max_files,
         observer=observer,
         name=f"{manifest.name}-v{manifest.version}",
+        admission=Admission(settings.max_queue, settings.latency_budget_s),
     )
     warmup_seconds = _warm_up(batcher, manifest.input)
     log.info(
