@@ -111,14 +111,17 @@ def test_the_latency_budget_uses_the_measured_time_per_image() -> None:
     assert "budget" in refused.value.message
 
 
-def test_the_time_per_image_is_a_moving_average() -> None:
+def test_the_time_per_image_is_a_moving_average_weighed_by_images() -> None:
     admission = Admission()
     admission.measured(4, 0.004)
     assert admission.seconds_per_image == pytest.approx(0.001)
-    admission.measured(1, 0.011)
-    assert admission.seconds_per_image == pytest.approx(0.001 + 0.2 * 0.010)
+    admission.measured(1, 0.011)  # a one-image batch that stalled moves it little
+    assert admission.seconds_per_image == pytest.approx((0.8 * 0.004 + 0.011) / (0.8 * 4 + 1))
     admission.measured(0, 1.0)  # nothing to learn from
-    assert admission.seconds_per_image == pytest.approx(0.003)
+    assert admission.seconds_per_image == pytest.approx((0.8 * 0.004 + 0.011) / (0.8 * 4 + 1))
+    for _ in range(40):
+        admission.measured(32, 0.032)
+    assert admission.seconds_per_image == pytest.approx(0.001, rel=1e-3)  # it forgets
 
 
 def test_retry_after_is_the_time_to_drain_the_queue() -> None:

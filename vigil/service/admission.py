@@ -21,9 +21,11 @@ import math
 
 from vigil.core.errors import VigilError
 
-# Weight of the newest batch in the moving average of seconds per image: it follows a
-# change of load (or of CPU left by neighbours) within about ten batches.
-SMOOTHING = 0.2
+# Each batch's weight in the time-per-image estimate decays by this much per later
+# batch: the estimate follows a change of load (or of CPU left by neighbours) within
+# about five batches. Batches weigh by their images, so a one-image batch that stalled
+# (the thread preempted) cannot make the model look slow for all.
+DECAY = 0.8
 QUEUE_FULL = "queue_full"
 LATENCY_BUDGET = "latency_budget"
 REASONS = (QUEUE_FULL, LATENCY_BUDGET)
@@ -48,6 +50,8 @@ class Admission:
         self.budget_s = budget_s
         # Written by the inference thread, read on the event loop: a float is swapped whole.
         self.seconds_per_image = 0.0
+        self._seconds = 0.0  # decayed sums over recent batches (the inference thread's)
+        self._images = 0.0
 
     def check(self, ahead: int, images: int) -> None:
         """Raise `Overloaded` unless `images` more, behind `ahead` admitted and not yet
@@ -75,8 +79,9 @@ class Admission:
         """A batch of `images` took `seconds` (warm-up runs included)."""
         if images <= 0 or not math.isfinite(seconds):
             return
-        latest, current = seconds / images, self.seconds_per_image
-        self.seconds_per_image = current + SMOOTHING * (latest - current) if current else latest
+        self._seconds = self._seconds * DECAY + seconds
+        self._images = self._images * DECAY + images
+        self.seconds_per_image = self._seconds / self._images
 
     def _refuse(self, reason: str, message: str, ahead: int) -> Overloaded:
         # Retry-After is whole seconds (RFC 9110); the queue ahead drains in about this long.

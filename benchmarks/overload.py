@@ -1,0 +1,198 @@
+"""Overload: offered load at 2x, 4x and 8x the sustainable rate, with and without admission control.
+
+    .venv/bin/python benchmarks/overload.py --bundle models/default [--images 32] [--rounds 3]
+
+1. The sustainable rate R: `hey` closed-loop (c = 8, no rate limit) against `vigil serve`
+   with its defaults, at the start of every round.
+2. For k = 2, 4, 8: `hey -c 128 -q kR/128` for about `--seconds`: each of 128 workers sends
+   at most kR/128 requests per second, so the offered rate stays near kR whether requests
+   are refused in a millisecond or accepted in a hundred (a closed loop would send faster
+   the faster refusals come back). The offered rate reported is what was really sent.
+3. Two servers in alternating order, each started fresh per round:
+   vigil            `vigil serve` with its defaults (admission control on)
+   vigil-unbounded  the same with VIGIL_MAX_QUEUE=0 and VIGIL_LATENCY_BUDGET_MS=0: the
+                    queue grows, as before admission control
+Per point: offered and accepted (200) req/s, refused (503 overloaded) share, p50/p99 of the
+accepted and of the refused, other answers and lost requests (sent, never answered: a
+client error or timeout), and the server's own count of refusals (vigil_overloaded_total).
+Every figure is the median over rounds. Writes benchmarks/results/overload.json.
+
+The requests carry `--images` 28x28 PNGs each (default 32): with many images per request
+the model is the bottleneck, where the queue in front of it grows. With one image per
+request on this small model the event loop is (BENCHMARKS.md), and 8x its sustainable rate
+is more than a load generator on the same two cores can send.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import save, table
+from benchmarks.serve_speed import BOUNDARY, free_port, hey, launch, multipart, test_pngs
+
+SERVERS = {
+    "vigil": {},
+    "vigil-unbounded": {"VIGIL_MAX_QUEUE": "0", "VIGIL_LATENCY_BUDGET_MS": "0"},
+}
+FACTORS = (2, 4, 8)
+WORKERS = 128
+
+
+def start(name: str, bundle: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env.update(SERVERS[name], PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "vigil.cli", "serve", "--bundle", str(bundle),
+           "--port", str(port)]  # fmt: skip
+    return launch(name, cmd, env, ROOT, port, "/readyz")
+
+
+def refusals(port: int) -> float:
+    """The server's vigil_overloaded_total, all reasons."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vigil_overloaded_total{")
+    )
+
+
+def paced(port: int, body: Path, rate: float, seconds: float) -> dict[str, Any]:
+    """`hey` at about `rate` req/s offered by WORKERS rate-limited workers; per-answer CSV."""
+    requests = max(1, round(rate * seconds / WORKERS)) * WORKERS  # hey sends n // c per worker
+    cmd = ["hey", "-n", str(requests), "-c", str(WORKERS), "-q", f"{rate / WORKERS:.3f}",
+           "-m", "POST", "-t", "30", "-o", "csv",
+           "-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body),
+           f"http://127.0.0.1:{port}/score"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
+    answers = list(csv.DictReader(io.StringIO(out)))
+    latency = np.array([float(a["response-time"]) for a in answers]) * 1000
+    status = np.array([int(a["status-code"]) for a in answers])
+    ends = [float(a["offset"]) + float(a["response-time"]) for a in answers]
+    wall = max(ends) if ends else float("nan")
+    accepted, refused = latency[status == 200], latency[status == 503]
+    return {
+        "sent": requests,
+        "offered_req_s": requests / wall,
+        "accepted_req_s": len(accepted) / wall,
+        "refused_share": len(refused) / requests,
+        "accepted_p50_ms": _percentile(accepted, 50),
+        "accepted_p99_ms": _percentile(accepted, 99),
+        "refused_p50_ms": _percentile(refused, 50),
+        "refused_p99_ms": _percentile(refused, 99),
+        "other": int(np.sum((status != 200) & (status != 503))),
+        "lost": requests - len(answers),
+    }
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def sustainable(bundle: Path, body: Path, images: int) -> float:
+    """Closed-loop req/s of `vigil serve` (defaults) at c = 8: what it sustains."""
+    port = free_port()
+    proc = start("vigil", bundle, port)
+    try:
+        hey(port, body, 200, 8)  # warm-up
+        return float(hey(port, body, max(400, 16_000 // images), 8)["req_s"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def measure(
+    name: str, bundle: Path, body: Path, rate: float, seconds: float
+) -> list[dict[str, Any]]:
+    """Every overload factor against one freshly started server."""
+    port = free_port()
+    proc = start(name, bundle, port)
+    rows = []
+    try:
+        hey(port, body, 200, 8)  # warm-up
+        for factor in FACTORS:
+            before = refusals(port)
+            row = paced(port, body, factor * rate, seconds)
+            row["server_refusals"] = refusals(port) - before
+            rows.append({"server": name, "factor": factor, **row})
+            print(rows[-1], flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return rows
+
+
+KEYS = ["offered_req_s", "accepted_req_s", "refused_share", "accepted_p50_ms", "accepted_p99_ms",
+        "refused_p50_ms", "refused_p99_ms"]  # fmt: skip
+
+
+def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["server"], r["factor"]), []).append(r)
+    out = []
+    for (server, factor), group in groups.items():
+        row: dict[str, Any] = {"server": server, "factor": factor}
+        row.update({key: float(np.nanmedian([g[key] for g in group])) for key in KEYS})
+        for key in ("sent", "other", "lost", "server_refusals"):
+            row[key] = int(sum(g[key] for g in group))
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--images", type=int, default=32, help="28x28 PNGs per request")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each point")
+    args = parser.parse_args()
+    bundle = args.bundle.resolve()
+    load_before = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+    rates = []
+    with tempfile.TemporaryDirectory() as tmp:
+        body = Path(tmp) / "body.bin"
+        body.write_bytes(multipart(test_pngs(args.images)))
+        for round_ in range(args.rounds):
+            rate = sustainable(bundle, body, args.images)
+            rates.append(rate)
+            print(f"round {round_ + 1}: sustainable {rate:.0f} req/s", flush=True)
+            names = list(SERVERS) if round_ % 2 == 0 else list(reversed(SERVERS))
+            for name in names:
+                measured = measure(name, bundle, body, rate, args.seconds)
+                rows += [{**r, "round": round_, "sustainable_req_s": rate} for r in measured]
+    summary = medians(rows)
+    print(table(summary, ["server", "factor", *KEYS, "other", "lost", "server_refusals"]))
+    print(f"sustainable req/s per round: {', '.join(f'{r:.0f}' for r in rates)}")
+    save(
+        "overload",
+        {
+            "bundle": str(bundle),
+            "images_per_request": args.images,
+            "command": " ".join(sys.argv),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "sustainable_req_s": rates,
+            "rows": summary,
+            "rounds": rows,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
