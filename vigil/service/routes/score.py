@@ -166,6 +166,7 @@ class ScoreEndpoint:
         uploads = await read_uploads(headers, receive, settings.max_files)
         model = holder.acquire()
         try:
+            model.batcher.admit(len(uploads))  # again before decoding, now they are counted
             fpr = _thresholds(model, target_fpr)
             spec = model.manifest.frame_spec()  # the input; for a tiled bundle the frame
             if sum(len(u.data) for u in uploads) > INLINE_DECODE_BYTES:
