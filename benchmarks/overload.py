@@ -4,17 +4,19 @@
 
 1. The sustainable rate R: the answered (200) req/s of `hey` closed-loop (c = 8, no rate
    limit) against vigil-unbounded, at the start of every round.
-2. For k = 2, 4, 8: `hey -c 128 -q kR/128` for about `--seconds`: each of 128 workers sends
-   at most kR/128 requests per second, so the offered rate stays near kR whether requests
-   are refused in a millisecond or accepted in a hundred (a closed loop would send faster
-   the faster refusals come back). The offered rate reported is what was really sent.
+2. For k = 2, 4, 8: requests arriving at kR per second for `--seconds`, open loop
+   (`benchmarks/open_loop.py`: Poisson arrivals on up to 512 keep-alive connections), so
+   the offered rate stays kR whether requests are refused in a millisecond or accepted in
+   a hundred. (A closed loop such as `hey -c` sends faster the faster refusals come back;
+   `hey -q` fires all its workers on one tick, in bursts.)
 3. Two servers in alternating order, each started fresh per round:
    vigil            `vigil serve` with its defaults (admission control on)
    vigil-unbounded  the same with VIGIL_MAX_QUEUE=0 and VIGIL_LATENCY_BUDGET_MS=0: the
                     queue grows, as before admission control
 Per point: offered and accepted (200) req/s, refused (503 overloaded) share, p50/p99 of the
-accepted and of the refused, other answers and lost requests (sent, never answered: a
-client error or timeout), and the server's own count of refusals (vigil_overloaded_total).
+accepted and of the refused (from each request's scheduled arrival), other answers and
+lost requests (sent, never answered within 30 s: a connection error or a timeout), and
+the server's own count of refusals (vigil_overloaded_total).
 Every figure is the median over rounds. Writes benchmarks/results/overload.json.
 
 The requests carry `--images` 28x28 PNGs each (default 32): with many images per request
@@ -26,8 +28,6 @@ is more than a load generator on the same two cores can send.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import subprocess
 import sys
@@ -41,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import open_loop
 from benchmarks.common import save, table
 from benchmarks.serve_speed import BOUNDARY, free_port, hey, launch, multipart, test_pngs
 
@@ -49,7 +50,6 @@ SERVERS = {
     "vigil-unbounded": {"VIGIL_MAX_QUEUE": "0", "VIGIL_LATENCY_BUDGET_MS": "0"},
 }
 FACTORS = (2, 4, 8)
-WORKERS = 128
 
 
 def start(name: str, bundle: Path, port: int) -> subprocess.Popen[bytes]:
@@ -71,31 +71,26 @@ def refusals(port: int) -> float:
     )
 
 
-def paced(port: int, body: Path, rate: float, seconds: float) -> dict[str, Any]:
-    """`hey` at about `rate` req/s offered by WORKERS rate-limited workers; per-answer CSV."""
-    requests = max(1, round(rate * seconds / WORKERS)) * WORKERS  # hey sends n // c per worker
-    cmd = ["hey", "-n", str(requests), "-c", str(WORKERS), "-q", f"{rate / WORKERS:.3f}",
-           "-m", "POST", "-t", "30", "-o", "csv",
-           "-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body),
-           f"http://127.0.0.1:{port}/score"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
-    answers = list(csv.DictReader(io.StringIO(out)))
-    latency = np.array([float(a["response-time"]) for a in answers]) * 1000
-    status = np.array([int(a["status-code"]) for a in answers])
-    ends = [float(a["offset"]) + float(a["response-time"]) for a in answers]
-    wall = max(ends) if ends else float("nan")
+def offered(port: int, body: Path, rate: float, seconds: float) -> dict[str, Any]:
+    """Requests arriving at `rate` per second for `seconds` (open loop), and their answers."""
+    content_type = f"multipart/form-data; boundary={BOUNDARY}"
+    request = open_loop.post("/score", content_type, body.read_bytes())
+    answers = open_loop.run(port, request, rate, seconds)
+    latency = np.array([a.latency_s for a in answers]) * 1000
+    status = np.array([a.status for a in answers])
+    wall = max(a.arrival_s + a.latency_s for a in answers)
     accepted, refused = latency[status == 200], latency[status == 503]
     return {
-        "sent": requests,
-        "offered_req_s": requests / wall,
+        "sent": len(answers),
+        "offered_req_s": len(answers) / seconds,
         "accepted_req_s": len(accepted) / wall,
-        "refused_share": len(refused) / requests,
+        "refused_share": len(refused) / len(answers),
         "accepted_p50_ms": _percentile(accepted, 50),
         "accepted_p99_ms": _percentile(accepted, 99),
         "refused_p50_ms": _percentile(refused, 50),
         "refused_p99_ms": _percentile(refused, 99),
-        "other": int(np.sum((status != 200) & (status != 503))),
-        "lost": requests - len(answers),
+        "other": int(np.sum((status != 200) & (status != 503) & (status != 0))),
+        "lost": int(np.sum(status == 0)),
     }
 
 
@@ -127,7 +122,7 @@ def measure(
         hey(port, body, 200, 8)  # warm-up
         for factor in FACTORS:
             before = refusals(port)
-            row = paced(port, body, factor * rate, seconds)
+            row = offered(port, body, factor * rate, seconds)
             row["server_refusals"] = refusals(port) - before
             rows.append({"server": name, "factor": factor, **row})
             print(rows[-1], flush=True)
