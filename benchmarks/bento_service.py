@@ -8,7 +8,8 @@ dependencies) and imports nothing of Vigil: it reads the bundle's manifest.json 
   Batched   `@bentoml.api(batchable=True)`: BentoML's adaptive batching gathers concurrent
             requests' images (its defaults: max_batch_size 100, max_latency_ms 60000)
 
-Both take the benchmark's multipart body (one or more PNGs in the field `files`) and
+Both run one worker without the access log (as Vigil is measured) and take the benchmark's
+multipart body (one or more PNGs in the field `files`) and
 answer each image's scores: the same preprocessing as Vigil (grayscale, bilinear resize to
 the input size, scaled to [0, 1]) and the same graph, without verdicts or p-values.
 Started with `bentoml serve benchmarks.bento_service:Plain` (or `:Batched`).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import bentoml
 import numpy as np
@@ -56,7 +58,11 @@ def score(model: ort.InferenceSession, images: list[Image.Image]) -> list[dict[s
     ]
 
 
-@bentoml.service(workers=1)
+# One worker, no per-request access log: as Vigil runs in serve_speed.py.
+SETTINGS: dict[str, Any] = {"workers": 1, "logging": {"access": {"enabled": False}}}
+
+
+@bentoml.service(**SETTINGS)
 class Plain:
     def __init__(self) -> None:
         self.model = session()
@@ -66,7 +72,7 @@ class Plain:
         return score(self.model, files)
 
 
-@bentoml.service(workers=1)
+@bentoml.service(**SETTINGS)
 class Batched:
     def __init__(self) -> None:
         self.model = session()

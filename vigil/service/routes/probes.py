@@ -34,6 +34,8 @@ def describe(model: LoadedModel) -> dict[str, Any]:
             "max_batch": batcher.max_batch,
             "max_wait_ms": batcher.max_wait_s * 1000,
             "warmed_shapes": len(batcher.shapes),
+            "max_queue": batcher.admission.max_queue,
+            "latency_budget_ms": batcher.admission.budget_s * 1000,
         },
         loaded_at=model.loaded_at.isoformat(),
         warmup_seconds=round(model.warmup_seconds, 3),
