@@ -107,6 +107,7 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None  # batching off
+        self.warmed: list[int] = []  # the batch sizes `warm_up` ran
 
     @property
     def failed(self) -> bool:
@@ -121,14 +122,25 @@ class Batcher:
             largest = min(largest, self.max_request)
         return range(1, largest + 1)
 
-    def warm_up(self, example: np.ndarray) -> None:
-        """Run every batch shape once (blocking): first runs pay for allocation and, on
-        CUDA, for cuDNN's algorithm search, which must not land on a request."""
-        for size in self.shapes:
-            batch = np.ascontiguousarray(np.broadcast_to(example, (size, *example.shape)))
-            started = time.perf_counter()
-            self.infer(batch, True)
-            self.admission.measured(size, time.perf_counter() - started)  # a first estimate
+    def warm_up(self, example: np.ndarray, every_shape: bool = True) -> None:
+        """Run batch shapes once (blocking), maps included: first runs pay for allocation
+        and, on CUDA, for cuDNN's algorithm search, which must not land on a request.
+
+        `every_shape=False` runs the largest and the smallest only: enough where a new
+        shape's first run only allocates (ONNX Runtime's CPU provider: the largest run
+        leaves its memory arena big enough for every other; BENCHMARKS.md, cold start).
+        """
+        largest = self.shapes[-1]
+        sizes = list(self.shapes) if every_shape else sorted({largest, 1}, reverse=True)
+        for size in sizes:
+            self._run_example(example, size)
+        self.warmed = sizes
+        started = time.perf_counter()  # once more, warm: admission's first time per image
+        self._run_example(example, largest)
+        self.admission.measured(largest, time.perf_counter() - started)
+
+    def _run_example(self, example: np.ndarray, size: int) -> None:
+        self.infer(np.ascontiguousarray(np.broadcast_to(example, (size, *example.shape))), True)
 
     def start(self) -> None:
         """Start the inference thread; call on the event loop that will await the scores."""

@@ -33,7 +33,7 @@ def describe(model: LoadedModel) -> dict[str, Any]:
             "enabled": batcher.enabled,
             "max_batch": batcher.max_batch,
             "max_wait_ms": batcher.max_wait_s * 1000,
-            "warmed_shapes": len(batcher.shapes),
+            "warmed_shapes": len(batcher.warmed),
             "max_queue": batcher.admission.max_queue,
             "latency_budget_ms": batcher.admission.budget_s * 1000,
         },
