@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         "nothing is ahead of it. 0: no bound",
     )
     latency_budget_ms: float = Field(
-        default=100.0,
+        default=500.0,
         ge=0,
         description="the longest the model may be expected to take to reach a request's images "
         "(those ahead of them and their own, at the measured time per image): past it the "
