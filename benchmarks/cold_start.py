@@ -131,9 +131,15 @@ def main() -> None:
         for name in trees
     ]  # fmt: skip
     print(table(summary, ["version", *keys]))
+    ratios = None
+    if args.before:  # each run's pair was measured back to back: compare within it
+        ratios = [this["ready_s"] / before["ready_s"] for before, this in zip(
+            rows[0::2], rows[1::2], strict=True)]  # fmt: skip
+        print(f"ready, this tree / before, median of per-run ratios: {np.median(ratios):.3f} "
+              f"({' '.join(f'{r:.2f}' for r in ratios)})")  # fmt: skip
     save("cold_start", {"bundle": str(bundle), "command": " ".join(sys.argv), "before": args.before,
                         "load_average_before": load_before, "load_average_after": os.getloadavg(),
-                        "summary": summary, "runs": rows})  # fmt: skip
+                        "summary": summary, "ready_ratios": ratios, "runs": rows})  # fmt: skip
 
 
 if __name__ == "__main__":

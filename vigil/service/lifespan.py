@@ -1,7 +1,7 @@
 """The service's life: start-up load in the background, SIGHUP reloads, orderly shutdown.
 
 The lifespan starts loading the bundle without waiting for it, so /healthz answers at
-once and /readyz turns 200 only when the model is loaded and every batch shape warmed
+once and /readyz turns 200 only when the model is loaded and its batch shapes warmed
 up. On shutdown it stops taking work, finishes the queued images and closes the batcher.
 """
 

@@ -54,7 +54,7 @@ def router(holder: ModelHolder, metrics: Metrics) -> APIRouter:
         "/readyz",
         response_model=Ready,
         responses=NOT_READY,
-        summary="Readiness: a bundle is loaded and every batch shape warmed up",
+        summary="Readiness: a bundle is loaded and its batch shapes warmed up",
     )
     async def readyz() -> Response:
         model = holder.require()
