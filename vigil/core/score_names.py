@@ -10,8 +10,10 @@ COMBINED = "combined"
 # `combined` averages these, each log-transformed and standardised.
 COMBINED_FROM = ("blurred", "ssim", "mahalanobis", "knn")
 LOCAL = "local"
-# The primary score: whichever of `combined` (image-wide) and `local` is stronger.
+DEFECT = "defect"
+# The primary score: whichever of `combined` (image-wide), `local` and `defect` is strongest.
 PRIMARY = "overall"
+PRIMARY_FROM = (COMBINED, LOCAL, DEFECT)
 # Only a VAE's graph computes these.
 VARIATIONAL_ONLY = frozenset({"kl"})
 
@@ -25,10 +27,12 @@ SCORES: dict[str, str] = {
     "knn": "mean distance of the latent code to its 5 nearest training codes (scaled per dim)",
     LOCAL: "maximum over the image of the smoothed local anomaly map (per-pixel features "
     "under Gaussians of normal pixels, standardised)",
+    DEFECT: "maximum over the image of the defect head's logits (a small segmentation net "
+    "trained on synthetic defects drawn on the normal images)",
     "kl": "KL(q(z|x) || N(0, I)) summed over latent dimensions",
     COMBINED: f"mean of the log-scores of {', '.join(COMBINED_FROM)}, each standardised on the "
     "validation split",
-    PRIMARY: f"max of {COMBINED} and {LOCAL}, each standardised on the validation split",
+    PRIMARY: f"max of {COMBINED}, {LOCAL} and {DEFECT}, each standardised on the validation split",
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil.core.bundle import InputSpec
+from vigil.training.head import HeadConfig
 from vigil.training.models import Kind, ModelConfig
 from vigil.training.train import FitConfig
 
@@ -98,6 +99,12 @@ class TrainConfig:
         default=None,
     )
     tile_stride: int | None = option("tile stride (default: half the tile)", default=None)
+    head_steps: int = option(
+        "training steps of the defect head (a small segmentation net trained on synthetic "
+        "defects drawn on the normal images; the `defect` score)",
+        default=600,
+    )
+    head_width: int = option("channels of the defect head's first layer", default=16)
     seed: int = option("seed for splits, init and batches", default=0)
     max_images: int | None = option(
         "use at most this many normal images (default: all)", default=None
@@ -135,6 +142,10 @@ class TrainConfig:
     def fit_config(self, train_images: int) -> FitConfig:
         """The training loop's config: the fields it shares with this one, by name."""
         return _derive(FitConfig, self, epochs=self.max_epochs(train_images), beta=self.beta_value)
+
+    def head_config(self) -> HeadConfig:
+        """The defect head's training config: the fields it shares with this one, by name."""
+        return _derive(HeadConfig, self)
 
     def model_config(self, spec: InputSpec) -> ModelConfig:
         """The network's config: the fields it shares with this one, the input's shape."""

@@ -16,6 +16,7 @@ from vigil.training.bundle import write_bundle
 from vigil.training.config import TrainConfig
 from vigil.training.data import DataError, Images, infer_spec, read_images, split_indices, to_inputs
 from vigil.training.evaluate import Evaluation, evaluate_bundle
+from vigil.training.head import DefectHead, fit_head
 from vigil.training.models import AutoEncoder
 from vigil.training.report import write_bundle_report
 from vigil.training.scores import ScoreGraph
@@ -103,7 +104,9 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
     train_x, val_x = training_tensors(frames, splits.train, splits.val, inputs, cfg.seed)
     model = AutoEncoder(cfg.model_config(inputs.spec))
     history = fit(model, train_x, val_x, cfg.fit_config(len(train_x)))
-    graph = fit_statistics(ScoreGraph(model), train_x, val_x)
+    head = DefectHead(inputs.spec.channels, cfg.head_width)
+    head_history = fit_head(head, train_x, cfg.head_config())
+    graph = fit_statistics(ScoreGraph(model, head), train_x, val_x)
     training = {
         "data_source": images.source,
         "normal_class": cfg.normal_class,
@@ -112,6 +115,11 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
         "best_epoch": history.best_epoch,
         "seed": cfg.seed,
         "seconds": round(history.seconds, 2),
+        "head": {
+            "steps": head_history.steps,
+            "final_loss": round(head_history.final_loss, 5),
+            "seconds": round(head_history.seconds, 2),
+        },
         "device": history.device,
         "config": cfg.as_dict(),
     }
