@@ -34,7 +34,15 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import save, table
-from benchmarks.texture_data import AMPLITUDES, KINDS, TEXTURES, Strength, add_defect, photo, to_uint8
+from benchmarks.texture_data import (
+    AMPLITUDES,
+    KINDS,
+    TEXTURES,
+    Strength,
+    add_defect,
+    photo,
+    to_uint8,
+)
 from vigil.core.bundle import load_bundle
 from vigil.core.runtime import create_session, run
 from vigil.core.tiling import score_tiled

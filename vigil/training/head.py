@@ -52,7 +52,9 @@ class DefectHead(nn.Module):
         w = width
         self.at_full = nn.Sequential(_conv(channels, w), _conv(w, w))
         self.at_half = nn.Sequential(_conv(w, 2 * w, stride=2), _conv(2 * w, 2 * w))
-        self.at_quarter = nn.Sequential(_conv(2 * w, 2 * w, stride=2), _conv(2 * w, 2 * w, dilation=2))
+        self.at_quarter = nn.Sequential(
+            _conv(2 * w, 2 * w, stride=2), _conv(2 * w, 2 * w, dilation=2)
+        )
         self.up_half = _conv(4 * w, 2 * w)
         self.up_full = _conv(3 * w, w)
         self.out = nn.Conv2d(w, 1, 1)
