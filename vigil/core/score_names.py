@@ -16,6 +16,8 @@ PRIMARY = "overall"
 PRIMARY_FROM = (COMBINED, LOCAL, DEFECT)
 # Only a VAE's graph computes these.
 VARIATIONAL_ONLY = frozenset({"kl"})
+# Only a graph with the local detectors (inputs of 48 px and more by default) computes these.
+LOCAL_ONLY = frozenset({LOCAL, DEFECT})
 
 SCORES: dict[str, str] = {
     "reconstruction": "mean squared error between the image and its reconstruction",
@@ -32,10 +34,17 @@ SCORES: dict[str, str] = {
     "kl": "KL(q(z|x) || N(0, I)) summed over latent dimensions",
     COMBINED: f"mean of the log-scores of {', '.join(COMBINED_FROM)}, each standardised on the "
     "validation split",
-    PRIMARY: f"max of {COMBINED}, {LOCAL} and {DEFECT}, each standardised on the validation split",
+    PRIMARY: f"max of {COMBINED}, {LOCAL} and {DEFECT} (where the graph has them), each "
+    "standardised on the validation split",
 }
 
 
-def score_names(variational: bool) -> list[str]:
+def score_names(variational: bool, local: bool = True) -> list[str]:
     """The scores a graph computes, in the order responses list them."""
-    return [name for name in SCORES if variational or name not in VARIATIONAL_ONLY]
+    absent = (set() if variational else VARIATIONAL_ONLY) | (set() if local else LOCAL_ONLY)
+    return [name for name in SCORES if name not in absent]
+
+
+def primary_from(local: bool) -> tuple[str, ...]:
+    """The scores `overall` is the maximum of (each standardised)."""
+    return PRIMARY_FROM if local else PRIMARY_FROM[:1]

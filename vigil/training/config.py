@@ -23,6 +23,8 @@ MIN_STEPS = 1800  # Fashion-MNIST (66 steps an epoch) keeps 30 epochs
 MAX_EPOCHS = 300
 DEFAULT_CAL_FRACTION = 0.2
 MAX_CAL_FRACTION = 0.4
+# Inputs from this size (the shorter side, in pixels) get the local detectors by default.
+LOCAL_MIN_SIDE = 48
 
 
 def option(help: str, **argparse: Any) -> Any:
@@ -99,6 +101,13 @@ class TrainConfig:
         default=None,
     )
     tile_stride: int | None = option("tile stride (default: half the tile)", default=None)
+    local: str = option(
+        "local detectors for small defects: the local anomaly maps (score `local`) and the "
+        f"defect head (`defect`); auto: on for inputs of at least {LOCAL_MIN_SIDE} px a side "
+        "(tiles included), off for smaller ones, whose defects the image-wide scores see",
+        default="auto",
+        choices=("auto", "on", "off"),
+    )
     head_steps: int = option(
         "training steps of the defect head (a small segmentation net trained on synthetic "
         "defects drawn on the normal images; the `defect` score)",
@@ -142,6 +151,12 @@ class TrainConfig:
     def fit_config(self, train_images: int) -> FitConfig:
         """The training loop's config: the fields it shares with this one, by name."""
         return _derive(FitConfig, self, epochs=self.max_epochs(train_images), beta=self.beta_value)
+
+    def local_detectors(self, spec: InputSpec) -> bool:
+        """Whether the graph gets the local maps and the defect head (--local)."""
+        if self.local == "auto":
+            return min(spec.height, spec.width) >= LOCAL_MIN_SIDE
+        return self.local == "on"
 
     def head_config(self) -> HeadConfig:
         """The defect head's training config: the fields it shares with this one, by name."""

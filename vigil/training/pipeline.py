@@ -104,9 +104,15 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
     train_x, val_x = training_tensors(frames, splits.train, splits.val, inputs, cfg.seed)
     model = AutoEncoder(cfg.model_config(inputs.spec))
     history = fit(model, train_x, val_x, cfg.fit_config(len(train_x)))
-    head = DefectHead(inputs.spec.channels, cfg.head_width)
-    head_history = fit_head(head, train_x, cfg.head_config())
-    graph = fit_statistics(ScoreGraph(model, head), train_x, val_x)
+    local = cfg.local_detectors(inputs.spec)
+    print(describe_local(local, inputs.spec, cfg))
+    head, head_info = None, None
+    if local:
+        head = DefectHead(inputs.spec.channels, cfg.head_width)
+        trained = fit_head(head, train_x, cfg.head_config())
+        head_info = {"steps": trained.steps, "final_loss": round(trained.final_loss, 5),
+                     "seconds": round(trained.seconds, 2)}  # fmt: skip
+    graph = fit_statistics(ScoreGraph(model, head, local=local), train_x, val_x)
     training = {
         "data_source": images.source,
         "normal_class": cfg.normal_class,
@@ -115,11 +121,7 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
         "best_epoch": history.best_epoch,
         "seed": cfg.seed,
         "seconds": round(history.seconds, 2),
-        "head": {
-            "steps": head_history.steps,
-            "final_loss": round(head_history.final_loss, 5),
-            "seconds": round(head_history.seconds, 2),
-        },
+        "head": head_info,
         "device": history.device,
         "config": cfg.as_dict(),
     }
@@ -139,6 +141,14 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
     print(f"bundle written to {cfg.out}")
     evaluation = evaluate_held_out(cfg, manifest, images.select(splits.val), history.epochs)
     return manifest, evaluation
+
+
+def describe_local(local: bool, spec: InputSpec, cfg: TrainConfig) -> str:
+    if local:
+        return (f"local detectors on: local anomaly maps, and a defect head trained for "
+                f"{cfg.head_steps} steps on synthetic defects")  # fmt: skip
+    return (f"local detectors off for {spec.height}x{spec.width} inputs "
+            f"(--local on adds the local maps and the defect head)")  # fmt: skip
 
 
 def training_tensors(
