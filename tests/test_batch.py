@@ -178,8 +178,13 @@ def test_an_existing_result_is_kept_unless_overwrite(vae_bundle: Path, tmp_path:
 def test_ray_without_the_extra_says_what_to_install(
     vae_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:  # fmt: skip
+    import vigil.batch
+
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if not installed
+    # Imported already (test_batch_ray.py)? Then `from vigil.batch import ray_job` would find
+    # the package's attribute without importing: remove both.
     monkeypatch.delitem(sys.modules, "vigil.batch.ray_job", raising=False)
+    monkeypatch.delattr(vigil.batch, "ray_job", raising=False)
     folder = image_folder(tmp_path, count=2)
     assert score(vae_bundle, tmp_path / "out", folder, extra=("--ray",)) == 2
     assert "pip install -e '.[ray,cpu]'" in capsys.readouterr().err

@@ -38,7 +38,6 @@ from batch_support import (
 )
 from test_service_support import encode
 
-from vigil.batch import ray_job
 from vigil.core.score_names import PRIMARY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +104,7 @@ def test_a_worker_that_keeps_dying_fails_the_job_instead_of_hanging(
     """An actor whose process dies on every batch (a crash, the kernel's OOM killer) is
     restarted RETRIES times, then the job fails with one line and leaves nothing behind.
     With Ray Data's defaults (restarts and retries forever) it would never end."""
+    from vigil.batch import ray_job
 
     class DyingActor(ray_job.ScoreActor):  # defined here: pickled by value for the workers
         def __call__(self, batch: dict[str, object]) -> object:
