@@ -294,6 +294,17 @@ def test_the_page_in_a_browser(chromium: str, server: str) -> None:
             page.evaluate("document.activeElement.blur()")
             page.mouse.move(0, 0)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+            # Every card's score table fits its card, on laptop screens too (no column cut).
+            page.evaluate(
+                "document.querySelectorAll('details.all-scores').forEach(d => d.open = true)"
+            )
+            for width in (1440, 1366, 1024):
+                page.set_viewport_size({"width": width, "height": 800})
+                overflow = page.eval_on_selector_all(
+                    "#grid .table-wrap", "ws => ws.map(w => w.scrollWidth - w.clientWidth)"
+                )
+                assert max(overflow) <= 0, (width, overflow)
         finally:
             browser.close()
     assert not problems, json.dumps(problems, indent=1)
