@@ -244,10 +244,10 @@ def test_the_page_in_a_browser(chromium: str, server: str) -> None:
             _check_against_api(server, page, uploads, None)
 
             cards = _cards(page)
-            # The heatmap is named for what it is: the local anomaly map of a schema-2 bundle.
+            # The heatmap is named for what it is: the anomaly map of a schema-2 bundle.
             local = "anomaly_map" in model["onnx"]["outputs"]
             for card in cards[:-1]:
-                assert card["scale"] == ("local anomaly (σ)" if local else "squared error")
+                assert card["scale"] == ("anomaly map" if local else "squared error")
                 assert card["caption"] == ("Anomaly map" if local else "Error") + " over input"
             (bad,) = [card for card in cards if card["name"] == BAD[0]]
             assert bad["verdict"] == "error" and bad["errorShown"]

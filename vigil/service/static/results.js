@@ -59,10 +59,11 @@ export function renderEntry(entry, model) {
   renderMaps(li, entry, model);
 }
 
-// What /score's heatmap is: the bundle's local anomaly map where its graph has one (schema 2,
-// standardised on normal pixels), else the squared reconstruction error.
+// What /score's heatmap is: the bundle's anomaly map where its graph has one (schema 2: the
+// local map, and the defect head's where there is one, in standardised units), else the
+// squared reconstruction error.
 const MAPS = {
-  anomaly: { scale: "local anomaly (σ)", caption: "Anomaly map over input", alt: "local anomaly map" },
+  anomaly: { scale: "anomaly map", caption: "Anomaly map over input", alt: "anomaly map" },
   error: { scale: "squared error", caption: "Error over input", alt: "per-pixel reconstruction error" },
 };
 
