@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/ort_cost.py --before /path/to/main-checkout [--size 28]
 
 Exports the default VAE's graph (random weights: the cost does not depend on them) from
-each source tree in a subprocess, then times both in this process in alternating rounds
+each source tree in a subprocess, with the local detectors where `vigil train` would put
+them for that size, then times both in this process in alternating rounds
 (1 intra-op thread, batch 1 and 32, median of 7 rounds of 2 s). Writes
 benchmarks/results/ort_cost.json.
 """
@@ -31,7 +32,12 @@ from vigil.training.models import AutoEncoder, ModelConfig
 from vigil.training.scores import ScoreGraph
 from vigil.training.export import export_onnx
 torch.manual_seed(0)
-g = ScoreGraph(AutoEncoder(ModelConfig(channels={c}, height={s}, width={s})).eval())
+model = AutoEncoder(ModelConfig(channels={c}, height={s}, width={s})).eval()
+try:  # trees with local detectors: as `vigil train` decides for this size (--local auto)
+    from vigil.training.config import LOCAL_MIN_SIDE
+    g = ScoreGraph(model, local={s} >= LOCAL_MIN_SIDE)
+except ImportError:
+    g = ScoreGraph(model)
 export_onnx(g, __import__('pathlib').Path({out!r}))
 """
 

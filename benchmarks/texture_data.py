@@ -37,10 +37,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 TEXTURES = ("brick", "grass", "gravel")
 KINDS = ("scratch", "spot", "crack", "stain", "missing", "smoothed", "brightness")
@@ -281,3 +282,44 @@ def build(
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)
+
+
+def picture(path: Path, contrast: Contrast = "visible", extent: int = SIZES["medium"]) -> None:
+    """A PNG of defect pairs: a row per kind, per texture a clean crop beside the same crop
+    with the defect (at model resolution, enlarged 2x), to see what the benchmark asks."""
+    rng = np.random.default_rng(1)
+    cell, label, scale = 64, 90, 2
+    grid = np.ones((len(KINDS) * (cell + 4), len(TEXTURES) * 2 * (cell + 4)), np.float32)
+    for col, texture in enumerate(TEXTURES):
+        image = photo(texture)
+        strength = Strength.of(contrast, image)
+        clean = crops(region(image, "test"), len(KINDS), cell, rng)
+        for row, kind in enumerate(KINDS):
+            defective, _ = add_defect(clean[row], kind, extent, rng, strength)
+            y, x = row * (cell + 4) + 2, 2 * col * (cell + 4) + 2
+            grid[y : y + cell, x : x + cell] = clean[row]
+            grid[y : y + cell, x + cell + 4 : x + 2 * cell + 4] = defective
+    big = Image.fromarray(to_uint8(grid)).resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST
+    )
+    out = Image.new("L", (big.width + label, big.height + 20), 255)
+    out.paste(big, (label, 20))
+    draw = ImageDraw.Draw(out)
+    for col, texture in enumerate(TEXTURES):
+        draw.text(
+            (label + 2 * col * (cell + 4) * scale + 4, 4), f"{texture}: clean | defect", fill=0
+        )
+    for row, kind in enumerate(KINDS):
+        draw.text((4, 20 + row * (cell + 4) * scale + cell), kind, fill=0)
+    out.save(path)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Draw the benchmark's defect kinds.")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/texture_defects.png"))
+    parser.add_argument("--contrast", choices=list(AMPLITUDES), default="visible")
+    args = parser.parse_args()
+    picture(args.out, args.contrast)
+    print(f"wrote {args.out}")
