@@ -6,7 +6,7 @@ Exports the default VAE's graph (random weights: the cost does not depend on the
 each source tree in a subprocess, with the local detectors where `vigil train` would put
 them for that size, then times both in this process in alternating rounds
 (1 intra-op thread, batch 1 and 32, median of 7 rounds of 2 s). Writes
-benchmarks/results/ort_cost.json.
+benchmarks/results/ort_cost.json (ort_cost_SIZE.json for other sizes).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> None:
             rows.append({"batch": batch, "before us/image": float(before),
                          "after us/image": float(after), "ratio (median per round)": float(ratios)})  # fmt: skip
     print(table(rows, list(rows[0])))
-    save("ort_cost", {"command": "benchmarks/ort_cost.py " + " ".join(sys.argv[1:]),
+    save("ort_cost" if args.size == 28 else f"ort_cost_{args.size}", {"command": "benchmarks/ort_cost.py " + " ".join(sys.argv[1:]),
                       "size": args.size, "threads": 1, "rows": rows})  # fmt: skip
 
 
