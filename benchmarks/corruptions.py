@@ -12,7 +12,8 @@ of `local`, and the TPR at the calibrated threshold, per family and severity.
 Families (severity 1, 2, 3): gaussian noise sigma 0.04/0.08/0.16; defocus blur (Gaussian)
 sigma 0.5/1/2 px; motion blur over 3/5/9 px; exposure +0.1/+0.2/+0.4; contrast x0.8/0.6/0.3;
 occlusion by a black square of 15/25/40 % of the side; JPEG quality 50/20/8; shift by
-1/2/4 px (edge replicated). Writes benchmarks/results/corruptions.json.
+1/2/4 px (edge replicated). Writes benchmarks/results/corruptions.json (--name: another
+name).
 """
 
 from __future__ import annotations
@@ -113,12 +114,15 @@ def corrupt(images: np.ndarray, family: str, severity: int, seed: int) -> np.nda
     return np.round(np.clip(out, 0, 1) * 255).astype(np.float32) / 255
 
 
+SUMMARY_SCORES = ("overall", "local", "defect", "combined")
+
+
 def evaluate(bundle: Path, normals: np.ndarray) -> dict[str, Any]:
     """normals [N, H, W] in [0, 1] (8-bit values), the bundle's input size."""
     manifest, _ = load_bundle(bundle)
     judge = Judge(manifest)
     clean = score_images(bundle, normals[:, None])
-    names = [manifest.primary_score, "overall", "local", "combined"]
+    names = [n for n in (manifest.primary_score, *SUMMARY_SCORES) if n in manifest.scores]
     out: dict[str, Any] = {"primary": manifest.primary_score}
     for family in FAMILIES:
         for severity in (1, 2, 3):
@@ -139,6 +143,7 @@ def main() -> None:
     parser.add_argument("--fashion-mnist", type=Path, default=None, help="quality.py --keep DIR")
     parser.add_argument("--textures", type=Path, default=None, help="textures.py --keep DIR")
     parser.add_argument("--n", type=int, default=1000, help="normal test images per model")
+    parser.add_argument("--name", default="corruptions", help="results file name")
     args = parser.parse_args()
     results: dict[str, Any] = {}
     if args.fashion_mnist:
@@ -165,14 +170,16 @@ def main() -> None:
             row[f"s{severity} mean"] = float(np.mean(values))
             if severity == 2:
                 row["s2 min"] = float(np.min(values))
-                for name in ("overall", "local", "combined"):
-                    row[f"s2 {name}"] = float(np.mean([r[key][name] for r in results.values()]))
+                for name in SUMMARY_SCORES:  # mean over the models that have the score
+                    values = [r[key][name] for r in results.values() if name in r[key]]
+                    if values:
+                        row[f"s2 {name}"] = float(np.mean(values))
                 row["s2 TPR@cal"] = float(np.mean([r[key]["tpr"] for r in results.values()]))
         rows.append(row)
     print(f"AUROC of {primary} (clean vs corrupted normal test images), mean over models:")
     print(table(rows, list(rows[0])))
     save(
-        "corruptions",
+        args.name,
         {
             "command": "benchmarks/corruptions.py " + " ".join(sys.argv[1:]),
             "primary_score": primary,
