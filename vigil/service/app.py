@@ -19,6 +19,7 @@ from importlib import metadata
 from fastapi import FastAPI
 
 from vigil.service import errors, openapi
+from vigil.service.drain import Drain
 from vigil.service.lifespan import Lifespan
 from vigil.service.metrics import Metrics
 from vigil.service.middleware import BodyLimit, FastRoute, RequestMetrics
@@ -47,7 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI app for `settings` (default: from the environment)."""
     settings = settings if settings is not None else Settings()
     metrics = Metrics(settings.max_batch)
-    holder = ModelHolder(settings, metrics)
+    drain = Drain()  # begun by `vigil serve`'s server on SIGTERM
+    holder = ModelHolder(settings, metrics, drain)
     lifespan = Lifespan(settings, holder)
     app = FastAPI(title="Vigil", version=_version(), description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
@@ -62,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # add_middleware wraps what is there: the last added runs first.
     app.add_middleware(FastRoute, route=score_route)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(RequestMetrics, metrics=metrics, drain=drain)
     app.state.lifespan = lifespan
+    app.state.drain = drain
     app.state.holder = holder
     return app

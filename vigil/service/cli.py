@@ -23,6 +23,7 @@ from pydantic.fields import FieldInfo
 
 from vigil.core.bundle import BundleError, load_bundle
 from vigil.service.app import create_app
+from vigil.service.drain import DrainingServer
 from vigil.service.settings import Settings
 
 ENV_ONLY = frozenset({"admin_token"})
@@ -109,8 +110,9 @@ def serve(args: argparse.Namespace) -> int:
         loop,
         http,
     )
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         workers=1,  # one worker per process, by design: batching happens inside it
@@ -122,6 +124,6 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app.state.drain, settings.drain_s, settings.shutdown_timeout_s)
     server.run()
     return 0 if server.started else 1

@@ -52,7 +52,7 @@ ERROR_CODES: dict[str, Code] = {
     "invalid_request": Code(422, "any other invalid parameter or JSON body"),
     "invalid_bundle": Code(422, "reload of a bundle that fails validation (manifest, sha256)"),
     "internal_error": Code(500, "a bug: logged with its traceback"),
-    "not_ready": Code(503, "no model loaded (yet), or it is being unloaded"),
+    "not_ready": Code(503, "no model loaded (yet), or it is being unloaded; /readyz: draining"),
     "inference_failed": Code(503, "ONNX Runtime failed on the request's batch (logged); retry"),
     "provider_unavailable": Code(503, "VIGIL_REQUIRE_GPU is set but the session is not on CUDA"),
 }

@@ -37,6 +37,7 @@ from vigil.core.errors import VigilError
 from vigil.core.runtime import ProviderError, check_graph, create_session, run
 from vigil.core.verdicts import Judge
 from vigil.service.batching import Batcher, BatchObserver, Outputs
+from vigil.service.drain import Drain
 from vigil.service.metrics import Metrics
 from vigil.service.settings import GPU_PROVIDER, Settings
 
@@ -195,9 +196,10 @@ def _warm_up(batcher: Batcher, spec: InputSpec) -> float:
 class ModelHolder:
     """The current model, leases on it, the reload lock, and readiness."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, drain: Drain | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.drain = drain if drain is not None else Drain()
         self.current: LoadedModel | None = None
         self.path: Path | None = settings.bundle  # what SIGHUP and a bare reload load
         # Why there is no model; read only while `current` is None.
@@ -206,7 +208,7 @@ class ModelHolder:
         self.first_load = asyncio.Event()  # set once the start-up load has finished or failed
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
-        metrics.ready.set_function(lambda: 0.0 if self.not_ready else 1.0)
+        metrics.ready.set_function(lambda: 0.0 if self.unready else 1.0)
 
     # -- readiness and leases (event loop only) ------------------------------------------
 
@@ -219,6 +221,23 @@ class ModelHolder:
         if model.batcher.failed:
             return "the inference thread stopped (see the log); reload the model"
         return None
+
+    @property
+    def unready(self) -> str | None:
+        """Why a balancer should send no new work here (/readyz, `vigil_ready`), or None.
+
+        `not_ready`, or a drain after SIGTERM: then requests are still scored, but the
+        replica is on its way out.
+        """
+        if self.drain.active:
+            return "shutting down: draining connections after SIGTERM"
+        return self.not_ready
+
+    def require_ready(self) -> LoadedModel:
+        """The current model for /readyz: `NotReady` while not ready or draining."""
+        if self.drain.active:
+            raise NotReady(self.unready or "draining")
+        return self.require()
 
     def require(self) -> LoadedModel:
         """The current model, without a lease (for checks); `NotReady` when there is none."""

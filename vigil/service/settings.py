@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PROVIDERS = "CUDAExecutionProvider,CPUExecutionProvider"
@@ -94,7 +94,17 @@ class Settings(BaseSettings):
         default=False, description="uvicorn's per-request access log (costs speed)"
     )
     shutdown_timeout_s: int = Field(
-        default=25, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
+        default=25,
+        ge=0,
+        description="on SIGTERM, the longest the service takes to exit: the drain, then "
+        "in-flight requests finishing",
+    )
+    drain_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="on SIGTERM, how long the service keeps answering (with Connection: close) "
+        "after /readyz turned 503, before it closes its listener; within "
+        "VIGIL_SHUTDOWN_TIMEOUT_S. 0: close at once",
     )
 
     @field_validator("admin_token", mode="after")
@@ -114,6 +124,15 @@ class Settings(BaseSettings):
             if not name.endswith("ExecutionProvider"):
                 raise ValueError(f"{name!r} is not an ONNX Runtime execution provider name")
         return ",".join(names)
+
+    @model_validator(mode="after")
+    def _drain_within_shutdown(self) -> Settings:
+        if self.drain_s > self.shutdown_timeout_s:
+            raise ValueError(
+                f"VIGIL_DRAIN_S ({self.drain_s}) must not exceed VIGIL_SHUTDOWN_TIMEOUT_S "
+                f"({self.shutdown_timeout_s}): the drain is part of the shutdown"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

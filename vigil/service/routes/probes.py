@@ -55,7 +55,7 @@ def router(holder: ModelHolder, metrics: Metrics) -> APIRouter:
         summary="Readiness: a bundle is loaded and every batch shape warmed up",
     )
     async def readyz() -> Response:
-        model = holder.require()
+        model = holder.require_ready()
         return json_response({"status": "ready", "model": model.ref, "provider": model.provider})
 
     @api.get(
