@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -248,6 +249,9 @@ def load_bundle(bundle: Path) -> tuple[Manifest, Path]:
 def write_manifest(bundle: Path, manifest: Manifest) -> Path:
     path = Path(bundle) / MANIFEST_FILE
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=1) + "\n")
+    with tmp.open("w") as f:
+        f.write(json.dumps(manifest.model_dump(mode="json"), indent=1) + "\n")
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename: a power cut leaves old or new
     tmp.replace(path)  # atomic: a reader never sees half a manifest
     return path
