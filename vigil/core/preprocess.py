@@ -16,6 +16,12 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from vigil.core.bundle import InputSpec
 from vigil.core.errors import VigilError
 
+# The formats decoded; anything else is `not_an_image`. Pillow reads some forty formats,
+# each decoder an attack surface for a hostile upload (EPS even runs Ghostscript where it
+# is installed); cameras and image folders need these: PNG, JPEG (and its MPO variant),
+# BMP, GIF, TIFF, WebP, and PBM/PGM/PPM.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+
 
 class ImageError(VigilError, ValueError):
     """An input that is not a usable image; `code` says how (not_an_image, corrupt_image, ...)."""
@@ -36,7 +42,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError(
@@ -50,7 +56,10 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError("too_many_pixels", f"refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError("not_an_image", "the file is not an image format Vigil can read") from exc
+        raise ImageError(
+            "not_an_image",
+            f"the file is not an image in a format Vigil reads ({', '.join(FORMATS)})",
+        ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow signals truncated or corrupt data with OSError / SyntaxError.
         raise ImageError("corrupt_image", f"the image could not be decoded: {exc}") from exc

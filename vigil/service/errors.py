@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from vigil.core import redact
 from vigil.core.errors import VigilError
 from vigil.service.responses import dumps, json_response
 
@@ -43,7 +44,9 @@ ERROR_CODES: dict[str, Code] = {
     "too_many_files": Code(413, "more than VIGIL_MAX_FILES files in one request"),
     "too_many_pixels": Code(413, "an image over VIGIL_MAX_IMAGE_PIXELS, decompression bombs"),
     "unsupported_media_type": Code(415, "body neither multipart/form-data nor an image type"),
-    "not_an_image": Code(415, "a file Pillow does not recognise as an image"),
+    "not_an_image": Code(
+        415, "not an image in an accepted format (PNG, JPEG, BMP, GIF, TIFF, ...)"
+    ),
     "corrupt_image": Code(422, "a recognised image that cannot be decoded (e.g. truncated)"),
     "empty_file": Code(422, "a zero-byte file"),
     "unsupported_image": Code(422, "decodes, but cannot be converted to the model's colour mode"),
@@ -97,7 +100,8 @@ class ApiError(Exception):
 
 
 def error_body(code: str, message: str, filename: str | None = None) -> bytes:
-    error: dict[str, str] = {"code": code, "message": message}
+    """The one error shape; filesystem paths in `message` are shown by their last name."""
+    error: dict[str, str] = {"code": code, "message": redact.text(message)}
     if filename is not None:
         error["filename"] = filename[:MAX_FILENAME]
     return dumps({"error": error})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import time
@@ -42,7 +43,7 @@ def router(settings: Settings, holder: ModelHolder) -> APIRouter:
                 "admin_disabled", "admin routes are disabled: no VIGIL_ADMIN_TOKEN is set"
             )
         given = credentials.credentials if credentials is not None else ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        if not same_secret(given, token):
             raise ApiError(
                 "unauthorized",
                 "send Authorization: Bearer <VIGIL_ADMIN_TOKEN>",
@@ -82,7 +83,7 @@ def router(settings: Settings, holder: ModelHolder) -> APIRouter:
         model = await holder.load(path)
         body = {
             "status": "reloaded",
-            "bundle": str(path),
+            "bundle": public_path(path, settings.reload_root),
             "model": model.ref,
             "provider": model.provider,
             "seconds": round(time.perf_counter() - started, 3),
@@ -90,6 +91,22 @@ def router(settings: Settings, holder: ModelHolder) -> APIRouter:
         return json_response(body)
 
     return api
+
+
+def same_secret(given: str, token: str) -> bool:
+    """Compare in constant time, the length included: digests of equal size are compared
+    (`hmac.compare_digest` alone returns early on a length mismatch)."""
+    digest = hashlib.sha256
+    return hmac.compare_digest(digest(given.encode()).digest(), digest(token.encode()).digest())
+
+
+def public_path(path: Path, root: Path | None) -> str:
+    """A bundle's path as an answer shows it: relative to the models directory."""
+    if root is not None:
+        resolved = path.resolve()
+        if resolved.is_relative_to(root):
+            return str(resolved.relative_to(root)) or "."
+    return path.name
 
 
 def _requested_bundle(raw: bytes) -> str | None:

@@ -56,7 +56,8 @@ DESCRIPTION = f"""Score one or more images.
 
 Send a multipart/form-data body with the images in the field `{FIELD}` (repeat it for
 several files), or one raw image as the body with `Content-Type: image/png`, `image/jpeg`, ...
-Any format Pillow reads is accepted; each image is turned upright by its EXIF orientation,
+PNG, JPEG, BMP, GIF, TIFF, WebP and PBM/PGM/PPM are accepted (other formats: 415
+not_an_image); each image is turned upright by its EXIF orientation,
 converted to the bundle's colour mode and resized to its input size by the bundle's policy.
 
 One result per file, in upload order. `score` is the bundle's primary score; `is_anomaly`
