@@ -84,7 +84,7 @@ async def test_no_response_reveals_the_token_a_server_path_or_a_traceback(
     secrets = [TOKEN, str(models.parent), "srv-private-layout", "/usr/share", str(tmp_path)]
     settings = make_settings(reported_bundle, admin_token=TOKEN, models_dir=models, max_batch=2)
     answers: list[httpx.Response] = []
-    async with serving(settings) as (app, client):
+    async with serving(settings) as (_, client):
         for path in ["/", "/healthz", "/readyz", "/model", "/metrics", "/openapi.json", "/docs",
                      "/report/index.html", "/report/report.md", "/report/metrics.json",
                      "/report/../manifest.json", "/static/../../settings.py", "/nope"]:  # fmt: skip

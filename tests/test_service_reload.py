@@ -129,6 +129,9 @@ FAILED_RELOADS = {
     "relative path outside": ({"bundle": "../elsewhere"}, 403, "bundle_path_forbidden", "outside"),
     "symlink outside": ({"bundle": "escape"}, 403, "bundle_path_forbidden", "outside"),
     "missing": ({"bundle": "nope"}, 404, "bundle_not_found", "nope"),
+    # found while fuzzing the admin route (they were 500s)
+    "NUL byte": ({"bundle": "a\x00b"}, 422, "invalid_request", "NUL"),
+    "name too long": ({"bundle": "a" * 5000}, 404, "bundle_not_found", "too long"),
     "bad body": ({"bundel": "a"}, 422, "invalid_request", "bundle"),
     "bad path type": ({"bundle": 3}, 422, "invalid_request", "bundle"),
 }

@@ -15,6 +15,7 @@ torch.
 from __future__ import annotations
 
 from importlib import metadata
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -59,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(probes.router(holder, metrics))
     app.include_router(admin.router(settings, holder))
     app.include_router(page.router(holder))  # GET /: the page to try the model in a browser
-    openapi.install(app, {score.ROUTE: {"post": score.OPERATION}}, [ScoreResponse])
+    openapi.install(app, lambda: score_paths(settings, holder), [ScoreResponse])
 
     # add_middleware wraps what is there: the last added runs first.
     app.add_middleware(FastRoute, route=score_route)
@@ -69,3 +70,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.drain = drain
     app.state.holder = holder
     return app
+
+
+def score_paths(settings: Settings, holder: ModelHolder) -> dict[str, dict[str, Any]]:
+    """POST /score's operation as this service serves it now (limits, the model's range)."""
+    model = holder.current
+    fpr_range = model.judge.fpr_range if model is not None else None
+    return {score.ROUTE: {"post": score.operation(settings.max_files, fpr_range)}}

@@ -102,8 +102,13 @@ class ModelDescription(BaseModel):
 
 
 class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # as the route: other keys are refused (422)
+
     bundle: str | None = Field(
         None,
+        min_length=1,
+        # as the route checks it: not blank, no NUL character (else 422 invalid_request)
+        pattern=r"^[^\x00]*[^\s\x00][^\x00]*$",
         description="bundle directory, absolute or relative to VIGIL_MODELS_DIR; must lie inside "
         "it. Default: reload the current bundle path.",
     )

@@ -132,14 +132,21 @@ def bundle_path(requested: str | None, current: Path | None, root: Path | None) 
         return current
     if root is None:
         raise ApiError("bundle_path_forbidden", "no models directory is configured")
+    if "\0" in requested:  # no path holds one; the OS refuses it (ValueError)
+        raise ApiError("invalid_request", '"bundle" must not contain a NUL character')
     candidate = Path(requested)
     if not candidate.is_absolute():
         candidate = root / candidate
-    if not candidate.resolve().is_relative_to(root):
+    try:
+        inside = candidate.resolve().is_relative_to(root)
+        is_dir = inside and candidate.is_dir()
+    except OSError as exc:  # a name too long, a symlink loop, no permission
+        raise ApiError("bundle_not_found", f"{requested[:200]}: {exc.strerror}") from exc
+    if not inside:
         raise ApiError(
             "bundle_path_forbidden",
             f"{requested} is outside the models directory {root}; reload only loads from there",
         )
-    if not candidate.is_dir():
+    if not is_dir:
         raise ApiError("bundle_not_found", f"{requested} is not a bundle directory")
     return candidate

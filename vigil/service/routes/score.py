@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import io
 import math
 from collections.abc import Sequence
@@ -68,6 +69,12 @@ is true when any verdict score exceeds its threshold (`flagged_by` names them).
 `error.filename`; no file of the request is scored. Resend the good files alone.
 """
 
+# The media types of the accepted formats (core.preprocess.FORMATS), as a part may declare.
+IMAGE_TYPES = (
+    "image/png", "image/jpeg", "image/bmp", "image/gif", "image/tiff", "image/webp",
+    "image/x-portable-anymap",
+)  # fmt: skip
+
 REQUEST_BODY = {
     "required": True,
     "content": {
@@ -78,11 +85,13 @@ REQUEST_BODY = {
                     FIELD: {
                         "type": "array",
                         "items": {"type": "string", "format": "binary"},
+                        "minItems": 1,
                         "description": "one or more image files",
                     }
                 },
                 "required": [FIELD],
-            }
+            },
+            "encoding": {FIELD: {"contentType": ", ".join(IMAGE_TYPES)}},
         },
         "image/*": {"schema": {"type": "string", "format": "binary"}},
     },
@@ -116,7 +125,7 @@ TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
 
 
-OPERATION = {
+OPERATION: dict[str, Any] = {
     "summary": "Score images for anomalies",
     "description": DESCRIPTION,
     "operationId": "score_score_post",
@@ -133,6 +142,19 @@ OPERATION = {
         },
     ),
 }
+
+
+def operation(max_files: int, fpr_range: tuple[float, float] | None) -> dict[str, Any]:
+    """OPERATION with this service's limits: at most `max_files` files, and `target_fpr`
+    within the range the loaded model's calibration supports (inclusive), when one is."""
+    op = copy.deepcopy(OPERATION)
+    form = op["requestBody"]["content"]["multipart/form-data"]["schema"]
+    form["properties"][FIELD]["maxItems"] = max_files
+    if fpr_range is not None:
+        low, high = fpr_range
+        target = next(p for p in op["parameters"] if p["name"] == "target_fpr")
+        target["schema"] = {"type": "number", "minimum": low, "maximum": high}
+    return op
 
 
 class ScoreEndpoint:

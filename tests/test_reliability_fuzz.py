@@ -1,0 +1,55 @@
+"""Fuzzing, short forms: schemathesis from the running service's OpenAPI document, atheris on
+the decode path, and the replay of every input that ever found a bug (tests/data/fuzz/).
+
+The full forms: `python -m benchmarks.reliability --full` (RELIABILITY.md).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.reliability.image_contract import CORPUS, check, seeds
+from benchmarks.reliability.schema_fuzz import schema_fuzz
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_schema_fuzzing_finds_nothing(vae_bundle: Path, tmp_path: Path) -> None:
+    seen = schema_fuzz(vae_bundle, tmp_path, max_examples=10, max_time_s=40)
+    assert seen["failures"] == [] and seen["errors"] == [], seen["output"]
+    assert seen["exit_code"] == 0, seen["output"]
+    assert seen["operations"]["tested"] == seen["operations"]["total"] == 6
+    assert seen["answers_5xx"] == 0 and not seen["server_traceback"]
+    answers = seen["answers"]
+    assert answers.get("POST /score 200", 0) > 0  # real images were scored, not only refused
+    assert any(k.startswith("POST /admin/reload 2") for k in answers)  # past authentication
+
+
+@pytest.mark.slow
+def test_image_fuzzing_finds_nothing(tmp_path: Path) -> None:
+    seeds(tmp_path / "seeds")
+    (tmp_path / "corpus").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.reliability.image_fuzz", "-max_total_time=20",
+         "-timeout=10", "-rss_limit_mb=1024", f"-artifact_prefix={tmp_path}/",
+         str(tmp_path / "corpus"), str(tmp_path / "seeds"), str(CORPUS)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Done" in done.stderr and "cov:" in done.stderr
+    assert not list(tmp_path.glob("crash-*")) + list(tmp_path.glob("oom-*")) + list(tmp_path.glob("timeout-*"))  # fmt: skip
+
+
+def test_the_seed_images_decode_or_are_refused_as_documented(tmp_path: Path) -> None:
+    for path in seeds(tmp_path):
+        check(path.read_bytes())
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CORPUS.iterdir() if p.name != "README.md"), ids=lambda p: p.name)  # fmt: skip
+def test_inputs_that_once_found_a_bug_stay_fixed(path: Path) -> None:
+    check(path.read_bytes())
