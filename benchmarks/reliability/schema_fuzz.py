@@ -67,7 +67,7 @@ def schema_fuzz(
     }
     try:
         run = subprocess.run(
-            command, cwd=ROOT, env=hooks_env, capture_output=True, text=True,
+            command, cwd=workdir, env=hooks_env, capture_output=True, text=True,  # its cache there
             timeout=max_time_s + 600,
         )  # fmt: skip
     finally:
