@@ -1,24 +1,28 @@
 """Every reliability check in one command; `--full` for the full forms.
 
-    flock /tmp/vigil-bench.lock .venv/bin/python -m benchmarks.reliability --full \
-        | tee benchmarks/results/reliability.log
+    .venv/bin/python -m benchmarks.reliability --full | tee benchmarks/results/reliability.log
 
 Without --full, the sizes of the test suite's short forms. Needs a bundle (default
 models/default: `./vigil.sh train`). Prints a table per check, writes
-benchmarks/results/reliability.json, and exits 1 if any check failed. Only 127.0.0.1 is
-loaded; every check is bounded in requests and time.
+benchmarks/results/reliability.json (after each check; `complete` once all ran), and exits
+1 if any check failed. Only 127.0.0.1 is loaded; every check is bounded in requests and
+time. The checks whose figures are timings (soak, sigterm, slow_clients) hold the lock
+file /tmp/vigil-bench.lock while they run, so that they never overlap another benchmark
+that takes it (`--lock ''`: no lock); the fuzzers and the rest run without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -150,24 +154,45 @@ CHECKS: dict[str, Callable[[Path, Path, dict[str, int]], dict[str, Any]]] = {
 }
 
 
+TIMED = frozenset({"soak", "sigterm", "slow_clients"})
+
+
+@contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (waiting for it), as `flock PATH command` does."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the full forms (about an hour)")
     parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "default")
     parser.add_argument("--only", nargs="*", choices=sorted(CHECKS), help="run only these")
+    parser.add_argument(
+        "--lock", default="/tmp/vigil-bench.lock", help="lock file for the timed checks"
+    )
     args = parser.parse_args()
     size = {name: pair[args.full] for name, pair in SIZES.items()}
     results: dict[str, Any] = {}
     for name in args.only or CHECKS:
         print(f"\n== {name} ({'full' if args.full else 'short'})", flush=True)
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f"vigil-{name}-") as work:
+        with locked(args.lock if name in TIMED else ""), tempfile.TemporaryDirectory(prefix=f"vigil-{name}-") as work:  # fmt: skip
             results[name] = CHECKS[name](args.bundle, Path(work), size)
         results[name]["check_seconds"] = round(time.perf_counter() - started, 1)
         print(f"-> {name}: {'ok' if results[name]['ok'] else 'FAILED'} in {results[name]['check_seconds']} s", flush=True)  # fmt: skip
+        if args.full and not args.only:  # the figures RELIABILITY.md quotes: full runs only
+            complete = len(results) == len(CHECKS)
+            save("reliability", {"form": "full", "complete": complete, "bundle": str(args.bundle), "sizes": size, **results})  # fmt: skip
     print(table([{"check": k, "ok": v["ok"], "seconds": v["check_seconds"]} for k, v in results.items()], ["check", "ok", "seconds"]))  # fmt: skip
-    if args.full and not args.only:  # the figures RELIABILITY.md quotes: full runs only
-        save("reliability", {"form": "full", "bundle": str(args.bundle), "sizes": size, **results})
     return 0 if all(r["ok"] for r in results.values()) else 1
 
 
