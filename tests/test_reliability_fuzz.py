@@ -11,11 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_service_support import files, make_settings, serving
 
 from benchmarks.reliability.image_contract import CORPUS, check, seeds
 from benchmarks.reliability.schema_fuzz import schema_fuzz
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 @pytest.mark.slow
@@ -50,6 +56,19 @@ def test_the_seed_images_decode_or_are_refused_as_documented(tmp_path: Path) -> 
         check(path.read_bytes())
 
 
-@pytest.mark.parametrize("path", sorted(p for p in CORPUS.iterdir() if p.name != "README.md"), ids=lambda p: p.name)  # fmt: skip
+FOUND = sorted(p for p in CORPUS.iterdir() if p.name != "README.md")
+
+
+@pytest.mark.parametrize("path", FOUND, ids=lambda p: p.name)
 def test_inputs_that_once_found_a_bug_stay_fixed(path: Path) -> None:
     check(path.read_bytes())
+
+
+@pytest.mark.anyio
+async def test_the_service_answers_them_as_documented(vae_bundle: Path) -> None:
+    async with serving(make_settings(vae_bundle, max_batch=2)) as (_, client):
+        for path in FOUND:
+            answer = await client.post("/score", files=files((path.name, path.read_bytes())))
+            assert answer.status_code < 500, (path.name, answer.text)
+            if answer.status_code != 200:
+                assert answer.json()["error"]["filename"] == path.name

@@ -60,8 +60,12 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             "not_an_image",
             f"the file is not an image in a format Vigil reads ({', '.join(FORMATS)})",
         ) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        # Pillow signals truncated or corrupt data with OSError / SyntaxError.
+    except MemoryError:
+        raise  # not the file's fault alone: a limit failed to hold; answered as a bug (500)
+    except Exception as exc:
+        # Pillow signals truncated or corrupt data with OSError / SyntaxError / ValueError,
+        # but fuzzed files also reach TypeError, struct.error and the like in its format
+        # plugins (tests/data/fuzz/): malformed all the same, never a server error.
         raise ImageError("corrupt_image", f"the image could not be decoded: {exc}") from exc
     return _upright(image)
 
