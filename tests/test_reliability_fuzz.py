@@ -6,15 +6,21 @@ The full forms: `python -m benchmarks.reliability --full` (RELIABILITY.md).
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from test_service_support import files, make_settings, serving
 
 from benchmarks.reliability.image_contract import CORPUS, check, seeds
 from benchmarks.reliability.schema_fuzz import schema_fuzz
+from vigil.core.bundle import InputSpec
+from vigil.core.preprocess import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +55,19 @@ def test_image_fuzzing_finds_nothing(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Done" in done.stderr and "cov:" in done.stderr
     assert not list(tmp_path.glob("crash-*")) + list(tmp_path.glob("oom-*")) + list(tmp_path.glob("timeout-*"))  # fmt: skip
+
+
+def test_nan_infinite_and_negative_pixels_of_a_float_image_count_as_zero() -> None:
+    """Seen while fuzzing: they were cast to uint8 unchecked (NaN to anything, -x wrapped)."""
+    values = np.array([[np.nan, np.inf, -np.inf, -3.0], [0.0, 1.0, 2.0, 4.0]], np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="TIFF")
+    spec = InputSpec(channels=1, height=2, width=4, color_mode="L")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "invalid value encountered in cast"
+        array = load_image(buffer.getvalue(), spec, 100)
+    expected = np.round(np.array([[0, 0, 0, 0], [0, 1, 2, 4]]) / 4 * 255) / 255
+    np.testing.assert_allclose(array[0], expected, atol=1e-6)
 
 
 def test_the_seed_images_decode_or_are_refused_as_documented(tmp_path: Path) -> None:

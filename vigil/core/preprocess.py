@@ -140,8 +140,10 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit and float images: scale to 8 bits rather than clip.
+        # 16-bit and float images: scale to 8 bits rather than clip. NaN, infinities and
+        # negative values (float or signed TIFFs) count as 0: cast to uint8 they would wrap.
         values = np.asarray(image, dtype=np.float64)
+        values = np.clip(np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0), 0.0, None)
         top = float(values.max()) or 1.0
         return Image.fromarray(np.round(values / top * 255).astype(np.uint8))
     return image
