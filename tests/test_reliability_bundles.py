@@ -4,6 +4,7 @@ the old one, never a half-written folder the service would load (`core.publish`)
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import resource
 import shutil
@@ -231,3 +232,27 @@ def test_calibrate_in_place_swaps_only_the_manifest(old_bundle: Path, blobs: Pat
     assert (old_bundle / f"manifest.v{version}.json").is_file()
     assert (old_bundle / "model.onnx").read_bytes() == graph
     assert not list(old_bundle.glob("*.tmp"))
+
+
+def test_a_service_load_during_a_publish_reads_one_version(
+    ae_bundle: Path, vae_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publish swaps the folder between the service's read of the manifest and of the
+    graph: both still come from the version the manifest was read from."""
+    import vigil.core.bundle as bundle
+
+    out = Path(shutil.copytree(ae_bundle, tmp_path / "models" / "x"))
+    staging = Path(shutil.copytree(vae_bundle, tmp_path / "models" / f".x{publish.PARTIAL}1"))
+    old = read_manifest(out)
+    real = bundle._read_in
+
+    def publish_right_after_the_manifest(folder: int, name: str, where: Path) -> bytes:
+        data = real(folder, name, where)
+        if name == MANIFEST_FILE:
+            publish.publish(staging, out)  # vigil train finishing now
+        return data
+
+    monkeypatch.setattr(bundle, "_read_in", publish_right_after_the_manifest)
+    manifest, graph = bundle.read_bundle(out)
+    assert manifest == old and hashlib.sha256(graph).hexdigest() == old.onnx.sha256
+    assert read_manifest(out).name == read_manifest(vae_bundle).name  # the publish happened

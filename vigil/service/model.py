@@ -30,7 +30,7 @@ from vigil.core.bundle import (
     BundleError,
     InputSpec,
     Manifest,
-    load_bundle,
+    read_bundle,
 )
 from vigil.core.calibration import CalibrationError
 from vigil.core.errors import VigilError
@@ -103,8 +103,8 @@ def load_model(path: Path, settings: Settings, observer: BatchObserver | None) -
     saying what is wrong.
     """
     started = time.perf_counter()
-    manifest, model_path = load_bundle(path)
-    session = _open_session(model_path, settings)
+    manifest, graph = read_bundle(path)  # one consistent view, even during a publish
+    session = _open_session(graph, path, settings)
     check_graph(session, manifest)
     judge = Judge(manifest)
     target_fpr = _default_target_fpr(judge, settings)
@@ -135,10 +135,10 @@ def load_model(path: Path, settings: Settings, observer: BatchObserver | None) -
     )
 
 
-def _open_session(model_path: Path, settings: Settings) -> ort.InferenceSession:
+def _open_session(graph: bytes, path: Path, settings: Settings) -> ort.InferenceSession:
     try:
         return create_session(
-            model_path,
+            graph,
             settings.provider_list,
             settings.intra_op_threads or service_threads(),
             require=settings.required_provider,
@@ -147,7 +147,7 @@ def _open_session(model_path: Path, settings: Settings) -> ort.InferenceSession:
     except VigilError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
-        raise BundleError(f"ONNX Runtime cannot load {model_path}: {exc}") from exc
+        raise BundleError(f"ONNX Runtime cannot load the graph of {path}: {exc}") from exc
 
 
 def service_threads() -> int:
