@@ -5,6 +5,10 @@ Servers, each 1 uvicorn worker (uvloop + httptools), started and stopped by this
   vigil-nobatch  the same with VIGIL_BATCHING=false
   bare-fastapi   a FastAPI endpoint that only reads the multipart upload (benchmarks/bare_app.py)
   torch-eager    FastAPI + torch eager per request, same architecture (benchmarks/torch_app.py)
+  bentoml        BentoML serving the bundle's ONNX graph, `@bentoml.api` (benchmarks/bento_service.py)
+  bentoml-batching  the same with BentoML's adaptive batching (`batchable=True`, its defaults)
+The BentoML servers run from their own environment, .venv-bentoml (BentoML 1.4.40,
+created by this script on first use; never Vigil's dependencies).
 Loads: one 28x28 PNG per request at c = 1, 8, 32, 128; 32 PNGs per request at c = 8.
 Also ONNX Runtime alone, in-process, at batch 1 and 32, in every round: the ceiling for the model.
 
@@ -42,6 +46,10 @@ from benchmarks.common import save, table
 from vigil.core.bundle import load_bundle
 from vigil.core.runtime import create_session, run
 from vigil.training.data import read_images
+
+BENTOML_VERSION = "1.4.40"
+BENTOML_VENV = ROOT / ".venv-bentoml"
+BENTOML_SERVICES = {"bentoml": "Plain", "bentoml-batching": "Batched"}
 
 BOUNDARY = "vigilbenchboundary"
 UVICORN = [
@@ -83,8 +91,25 @@ def test_pngs(count: int) -> list[bytes]:
     return out
 
 
+def bentoml_command() -> Path:
+    """`bentoml` of the benchmark's own environment, made on first use."""
+    command = BENTOML_VENV / "bin" / "bentoml"
+    if not command.exists():
+        print(f"creating {BENTOML_VENV} with bentoml=={BENTOML_VERSION}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(BENTOML_VENV)], check=True)
+        subprocess.run([str(BENTOML_VENV / "bin" / "pip"), "install", "-q",
+                        f"bentoml=={BENTOML_VERSION}", "onnxruntime", "pillow", "numpy"],
+                       check=True)  # fmt: skip
+    return command
+
+
 def start(name: str, bundle: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "VIGIL_BUNDLE": str(bundle), "PYTHONPATH": str(ROOT)}
+    if name in BENTOML_SERVICES:
+        env["VIGIL_BENCH_BUNDLE"] = str(bundle.resolve())
+        cmd = [str(bentoml_command()), "serve", f"benchmarks.bento_service:{BENTOML_SERVICES[name]}",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+        return launch(name, cmd, env, ROOT, port, "/readyz")
     if name.startswith("vigil"):
         cmd = [sys.executable, "-m", "vigil.cli", "serve", "--bundle", str(bundle),
                "--port", str(port)]  # fmt: skip
@@ -267,7 +292,9 @@ def main() -> None:
         "move absolute figures between rounds)",
     )
     parser.add_argument(
-        "--servers", nargs="*", default=["vigil", "vigil-nobatch", "bare-fastapi", "torch-eager"]
+        "--servers",
+        nargs="*",
+        default=["vigil", "vigil-nobatch", "bare-fastapi", "torch-eager", *BENTOML_SERVICES],
     )
     parser.add_argument(
         "--load",
@@ -307,6 +334,9 @@ def main() -> None:
         {
             "c32_vs_bare": at("vigil", 1, 32, "req_s", i) / at("bare-fastapi", 1, 32, "req_s", i),
             "c32_vs_torch": at("vigil", 1, 32, "req_s", i) / at("torch-eager", 1, 32, "req_s", i),
+            "c32_vs_bentoml": at("vigil", 1, 32, "req_s", i) / at("bentoml", 1, 32, "req_s", i),
+            "c32_vs_bentoml_batching": at("vigil", 1, 32, "req_s", i)
+            / at("bentoml-batching", 1, 32, "req_s", i),
             "batch32_vs_ort": at("vigil", 32, 8, "img_s", i) / ort_rounds[i]["batch_32_img_s"],
             "p99_c1_ms": at("vigil", 1, 1, "p99_ms", i),
         }
@@ -332,6 +362,8 @@ def main() -> None:
         {
             "bundle": str(args.bundle),
             "load": args.load,
+            "load_average_after": os.getloadavg(),
+            "bentoml": BENTOML_VERSION if set(BENTOML_SERVICES) & set(args.servers) else None,
             "command": " ".join(sys.argv),
             "rows": summary,
             "rounds": rows,

@@ -54,6 +54,7 @@ METRICS = {
     "vigil_reloads_total",
     "vigil_ready",
     "vigil_target_fpr",
+    "vigil_overloaded_total",
 }
 PROBE_ROUTES = "/metrics|/healthz|/livez|/readyz"
 TOOL_TIMEOUT = 60
@@ -485,6 +486,17 @@ def test_promtool_alert_unit_tests(tmp_path: Path) -> None:
             "15m",
             [{"alertname": "VigilHighErrorRate", "severity": "critical", "instance": "vigil:8000"}],
             {**busy, req % ("/v1/score", "500"): "0+10x40", req % ("/readyz", "503"): "0+50x40"},
+        ),
+        _scenario(
+            "admission control refusing part of the load",
+            "15m",
+            [{"alertname": "VigilOverloaded", "severity": "warning", "instance": "vigil:8000"}],
+            {
+                **busy,
+                req % ("/v1/score", "503"): "0+2x40",
+                'vigil_overloaded_total{job="vigil", instance="vigil:8000", '
+                'reason="latency_budget"}': "0+2x40",
+            },
         ),
         _scenario(
             "failing probes are not API errors",

@@ -30,6 +30,7 @@ from test_service_support import (
 from vigil.core.bundle import read_manifest
 from vigil.service.app import create_app
 from vigil.service.schemas import KNOWN_SCORES, ModelDescription, ScoreResponse
+from vigil.service.settings import Settings
 
 pytestmark = pytest.mark.anyio
 Served = tuple[FastAPI, httpx.AsyncClient]
@@ -120,7 +121,11 @@ async def test_model_describes_the_bundle(vae: httpx.AsyncClient, vae_bundle: Pa
     assert set(body["thresholds"]) == set(manifest.scores)
     assert "scores" not in body["calibration"]  # the bulky distribution stays private
     assert body["training"]["epochs"] == manifest.training.epochs
-    assert body["batching"]["warmed_shapes"] == body["batching"]["max_batch"] == 8
+    assert body["batching"]["max_batch"] == 8
+    assert body["batching"]["warmed_shapes"] == 2  # on the CPU: the largest and the smallest
+    defaults = Settings.model_fields
+    assert body["batching"]["max_queue"] == defaults["max_queue"].default
+    assert body["batching"]["latency_budget_ms"] == defaults["latency_budget_ms"].default
     low, high = body["target_fpr_range"]
     assert 0 < low < manifest.calibration.target_fpr < high
 

@@ -167,10 +167,17 @@ async def test_batching_off_runs_each_request_directly() -> None:
     await batcher.close()
 
 
-def test_warm_up_runs_every_shape() -> None:
+def test_warm_up_runs_every_shape_or_the_largest_and_smallest() -> None:
     fake = FakeModel()
-    Batcher(fake, max_batch=5).warm_up(image(0.5))
-    assert fake.sizes == [1, 2, 3, 4, 5]
+    batcher = Batcher(fake, max_batch=5)
+    batcher.warm_up(image(0.5))
+    assert fake.sizes == [1, 2, 3, 4, 5, 5]  # then the largest once more, timed for admission
+    assert batcher.warmed == [1, 2, 3, 4, 5]
+    assert batcher.admission.seconds_per_image > 0
+    fake.sizes.clear()
+    batcher.warm_up(image(0.5), every_shape=False)
+    assert fake.sizes == [5, 1, 5]
+    assert batcher.warmed == [5, 1]
 
 
 async def test_concurrent_requests_batch_and_match_unbatched(vae_bundle: Path) -> None:

@@ -35,6 +35,7 @@ EXPORTED = {
     "vigil_batch_size",
     "vigil_queue_wait_seconds",
     "vigil_inference_seconds",
+    "vigil_overloaded_total",
     "vigil_model_info",
     "vigil_reloads_total",
     "vigil_ready",
@@ -84,6 +85,8 @@ async def test_exported_names_and_no_created_series(
     assert metric(samples, "vigil_model_info", **info) == 1
     assert metric(samples, "vigil_reloads_total", outcome="success") == 0
     assert ("vigil_reloads_total", (("outcome", "failure"),)) in samples  # exported at 0
+    for reason in ("queue_full", "latency_budget"):
+        assert samples[("vigil_overloaded_total", (("reason", reason),))] == 0  # exported at 0
     for score in manifest.calibration.verdict_scores:
         assert ("vigil_anomalies_total", (("score", score),)) in samples
 

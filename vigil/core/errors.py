@@ -11,6 +11,9 @@ class VigilError(Exception):
     """An error with a stable, machine-readable `code` (the API's error code) and a message."""
 
     code = "error"
+    # For a condition that passes (an overload): whole seconds after which a retry may
+    # succeed. The service answers it as Retry-After.
+    retry_after_s: int | None = None
 
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)

@@ -8,7 +8,9 @@ the event loop, which may be busy answering the previous batch. Results go back 
 event loop in one callback per batch. Under load, batches fill without any deliberate
 wait: hence the default wait of 0, also Triton's (BENCHMARKS.md has the measurements).
 With batching off, each request's images run as they come (in chunks of at most
-`max_batch`), still off the event loop.
+`max_batch`), still off the event loop. Either way, `admission` bounds what may wait:
+a request that would overflow the queue or the latency budget is refused at once
+(`admission.Overloaded`), never queued to be answered late.
 
 The graph scores each image independently and is exported batch-invariant (see
 `training.scores.packed_rows`), so on the CPU provider a batched result equals the
@@ -32,6 +34,7 @@ from typing import Protocol
 import numpy as np
 
 from vigil.core.errors import VigilError
+from vigil.service.admission import Admission, Overloaded
 
 log = logging.getLogger("vigil.batching")
 
@@ -44,6 +47,8 @@ InferFn = Callable[[np.ndarray, bool], Outputs]
 
 class BatchObserver(Protocol):
     def observe_batch(self, size: int, waits: Iterable[float], seconds: float) -> None: ...
+
+    def observe_refusal(self, reason: str) -> None: ...
 
 
 class BatcherClosed(VigilError):
@@ -79,6 +84,7 @@ class Batcher:
         max_request: int | None = None,
         observer: BatchObserver | None = None,
         name: str = "model",
+        admission: Admission | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -90,14 +96,18 @@ class Batcher:
         self.max_request = max_request
         self.observer = observer
         self.name = name
+        self.admission = admission if admission is not None else Admission()
         # Shared with the inference thread, under `_ready`'s lock.
         self._pending: deque[_Item] = deque()
+        self._running = 0  # images in the batch the inference thread is scoring
+        self._direct_images = 0  # batching off: images admitted and not yet scored
         self._ready = threading.Condition(threading.Lock())
         self._closing = False
         self._crashed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None  # batching off
+        self.warmed: list[int] = []  # the batch sizes `warm_up` ran
 
     @property
     def failed(self) -> bool:
@@ -112,12 +122,25 @@ class Batcher:
             largest = min(largest, self.max_request)
         return range(1, largest + 1)
 
-    def warm_up(self, example: np.ndarray) -> None:
-        """Run every batch shape once (blocking): first runs pay for allocation and, on
-        CUDA, for cuDNN's algorithm search, which must not land on a request."""
-        for size in self.shapes:
-            batch = np.ascontiguousarray(np.broadcast_to(example, (size, *example.shape)))
-            self.infer(batch, True)
+    def warm_up(self, example: np.ndarray, every_shape: bool = True) -> None:
+        """Run batch shapes once (blocking), maps included: first runs pay for allocation
+        and, on CUDA, for cuDNN's algorithm search, which must not land on a request.
+
+        `every_shape=False` runs the largest and the smallest only: enough where a new
+        shape's first run only allocates (ONNX Runtime's CPU provider: the largest run
+        leaves its memory arena big enough for every other; BENCHMARKS.md, cold start).
+        """
+        largest = self.shapes[-1]
+        sizes = list(self.shapes) if every_shape else sorted({largest, 1}, reverse=True)
+        for size in sizes:
+            self._run_example(example, size)
+        self.warmed = sizes
+        started = time.perf_counter()  # once more, warm: admission's first time per image
+        self._run_example(example, largest)
+        self.admission.measured(largest, time.perf_counter() - started)
+
+    def _run_example(self, example: np.ndarray, size: int) -> None:
+        self.infer(np.ascontiguousarray(np.broadcast_to(example, (size, *example.shape))), True)
 
     def start(self) -> None:
         """Start the inference thread; call on the event loop that will await the scores."""
@@ -142,8 +165,31 @@ class Batcher:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
 
+    @property
+    def backlog(self) -> int:
+        """Images admitted and not yet scored: queued, or in the running batch."""
+        if not self.enabled:
+            return self._direct_images
+        with self._ready:
+            return len(self._pending) + self._running
+
+    def admit(self, images: int = 1) -> None:
+        """Raise `Overloaded` if `images` more would be refused now. With 1, the least a
+        request brings, before its body is read: refused then, it costs the least."""
+        self._check(self.backlog, images)
+
+    def _check(self, ahead: int, images: int) -> None:
+        try:
+            self.admission.check(ahead, images)
+        except Overloaded as exc:
+            if self.observer is not None:
+                self.observer.observe_refusal(exc.reason)
+            raise
+
     async def score(self, arrays: Sequence[np.ndarray], with_map: bool = False) -> list[Row]:
-        """Score images [C, H, W] float32; one row per image, in order."""
+        """Score images [C, H, W] float32; one row per image, in order.
+
+        `Overloaded` (nothing queued) when the images do not fit the admission limits."""
         loop = self._loop
         if self._closing or loop is None:
             raise BatcherClosed(f"the model {self.name} is being unloaded; retry")
@@ -154,6 +200,7 @@ class Batcher:
         with self._ready:
             if self._closing:  # checked under the lock: the thread may have just stopped
                 raise BatcherClosed(f"the model {self.name} is being unloaded; retry")
+            self._check(len(self._pending) + self._running, len(arrays))
             self._pending.extend(
                 _Item(array, with_map, future, now)
                 for array, future in zip(arrays, futures, strict=True)
@@ -184,6 +231,7 @@ class Batcher:
     def _next_batch(self) -> list[_Item] | None:
         """Block until a batch is due; None once closing and drained."""
         with self._ready:
+            self._running = 0  # the last batch is scored
             while not self._pending:
                 if self._closing:
                     return None
@@ -195,7 +243,7 @@ class Batcher:
                     if remaining <= 0:
                         break
                     self._ready.wait(remaining)
-            count = min(self.max_batch, len(self._pending))
+            count = self._running = min(self.max_batch, len(self._pending))
             return [self._pending.popleft() for _ in range(count)]
 
     def _execute(self, items: list[_Item]) -> None:
@@ -240,6 +288,16 @@ class Batcher:
     async def _direct(
         self, loop: asyncio.AbstractEventLoop, arrays: Sequence[np.ndarray], with_map: bool
     ) -> list[Row]:
+        self._check(self._direct_images, len(arrays))
+        self._direct_images += len(arrays)
+        try:
+            return await self._run_chunks(loop, arrays, with_map)
+        finally:
+            self._direct_images -= len(arrays)
+
+    async def _run_chunks(
+        self, loop: asyncio.AbstractEventLoop, arrays: Sequence[np.ndarray], with_map: bool
+    ) -> list[Row]:
         rows: list[Row] = []
         for start in range(0, len(arrays), self.max_batch):
             if self._closing:  # closed between two chunks of this request
@@ -262,7 +320,9 @@ class Batcher:
         started = time.perf_counter()
         batch = np.stack(arrays) if len(arrays) > 1 else arrays[0][None]
         outputs = self.infer(batch, with_map)
-        return outputs, started, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.admission.measured(len(arrays), seconds)
+        return outputs, started, seconds
 
 
 def _failed(exc: Exception, images: int) -> InferenceFailed:

@@ -58,6 +58,9 @@ ERROR_CODES: dict[str, Code] = {
     "not_ready": Code(503, "no model loaded (yet), or it is being unloaded; /readyz: draining"),
     "inference_failed": Code(503, "ONNX Runtime failed on the request's batch (logged); retry"),
     "provider_unavailable": Code(503, "VIGIL_REQUIRE_GPU is set but the session is not on CUDA"),
+    "overloaded": Code(
+        503, "over VIGIL_MAX_QUEUE or VIGIL_LATENCY_BUDGET_MS: refused at once, with Retry-After"
+    ),
 }
 # The code of an HTTP error raised by the framework rather than by Vigil, by status.
 _FRAMEWORK_CODES = {
@@ -96,7 +99,9 @@ class ApiError(Exception):
     def of(cls, exc: VigilError, filename: str | None = None, prefix: str = "") -> ApiError:
         """The answer to a domain error; `prefix` (e.g. the file's name) leads its message."""
         code = exc.code if exc.code in ERROR_CODES else "internal_error"
-        return cls(code, prefix + exc.message, filename)
+        retry = exc.retry_after_s
+        headers = None if retry is None else {"Retry-After": str(retry)}
+        return cls(code, prefix + exc.message, filename, headers)
 
 
 def error_body(code: str, message: str, filename: str | None = None) -> bytes:

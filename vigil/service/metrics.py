@@ -19,6 +19,9 @@ Exported names (deploy/alerts.yml relies on them):
 - `vigil_batch_size` histogram: images per ONNX Runtime call.
 - `vigil_queue_wait_seconds` histogram: per image, from queueing to its batch starting.
 - `vigil_inference_seconds` histogram: per ONNX Runtime call.
+- `vigil_overloaded_total{reason}` counter: requests refused 503 `overloaded` by admission
+  control, `reason` `queue_full` (VIGIL_MAX_QUEUE) or `latency_budget`
+  (VIGIL_LATENCY_BUDGET_MS); both exported from 0.
 - `vigil_model_info{name,version,kind,provider}` gauge = 1 for the loaded model (the old
   label set is removed on reload); `provider` is the execution provider in use.
 - `vigil_reloads_total{outcome}` counter, outcome `success` or `failure`.
@@ -45,6 +48,8 @@ from prometheus_client import (
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
+
+from vigil.service.admission import REASONS
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 UNMATCHED = "unmatched"
@@ -209,6 +214,14 @@ class Metrics:
             buckets=INFERENCE_BUCKETS,
             registry=self.registry,
         )
+        self.overloaded = Counter(
+            "vigil_overloaded",
+            "Requests refused 503 overloaded by admission control, by the limit they met.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in REASONS:
+            self.overloaded.labels(reason)
 
     def _add_model_metrics(self) -> None:
         self.model_info = Gauge(
@@ -268,6 +281,9 @@ class Metrics:
         self.inference.observe(seconds)
         for wait in waits:
             self.queue_wait.observe(wait)
+
+    def observe_refusal(self, reason: str) -> None:
+        self.overloaded.labels(reason).inc()
 
     # -- model state ----------------------------------------------------------------------
 

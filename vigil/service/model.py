@@ -36,12 +36,16 @@ from vigil.core.calibration import CalibrationError
 from vigil.core.errors import VigilError
 from vigil.core.runtime import ProviderError, check_graph, create_session, run
 from vigil.core.verdicts import Judge
+from vigil.service.admission import Admission
 from vigil.service.batching import Batcher, BatchObserver, Outputs
 from vigil.service.drain import Drain
 from vigil.service.metrics import Metrics
 from vigil.service.settings import GPU_PROVIDER, Settings
 
 log = logging.getLogger("vigil.model")
+# Only this provider skips warming every batch shape: a shape's first run on it only
+# allocates (others, CUDA's cuDNN first, choose kernels per shape on it).
+CPU_PROVIDER = "CPUExecutionProvider"
 
 
 class NotReady(VigilError):
@@ -97,7 +101,7 @@ class LoadedModel:
 
 
 def load_model(path: Path, settings: Settings, observer: BatchObserver | None) -> LoadedModel:
-    """Validate a bundle, open its session, check the provider and warm every batch shape.
+    """Validate a bundle, open its session, check the provider and warm the batch shapes.
 
     Blocking (seconds): call it in a worker thread. Raises `BundleError` or `ProviderError`
     saying what is wrong.
@@ -118,15 +122,16 @@ def load_model(path: Path, settings: Settings, observer: BatchObserver | None) -
         max_request=settings.max_files,
         observer=observer,
         name=f"{manifest.name}-v{manifest.version}",
+        admission=Admission(settings.max_queue, settings.latency_budget_s),
     )
-    warmup_seconds = _warm_up(batcher, manifest.input)
+    warmup_seconds = _warm_up(batcher, manifest.input, every_shape=provider != CPU_PROVIDER)
     log.info(
         "loaded %s version %d from %s on %s; warmed %d batch shapes in %.2f s (%.2f s in all)",
         manifest.name,
         manifest.version,
         path,
         provider,
-        len(batcher.shapes),
+        len(batcher.warmed),
         warmup_seconds,
         time.perf_counter() - started,
     )
@@ -184,10 +189,11 @@ def _warn_if_gpu_unused(provider: str, settings: Settings) -> None:
         )
 
 
-def _warm_up(batcher: Batcher, spec: InputSpec) -> float:
+def _warm_up(batcher: Batcher, spec: InputSpec, every_shape: bool) -> float:
     started = time.perf_counter()
     try:
-        batcher.warm_up(np.full((spec.channels, spec.height, spec.width), 0.5, np.float32))
+        example = np.full((spec.channels, spec.height, spec.width), 0.5, np.float32)
+        batcher.warm_up(example, every_shape)
     except Exception as exc:
         raise BundleError(f"warm-up run failed: {exc}") from exc
     return time.perf_counter() - started

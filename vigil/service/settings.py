@@ -72,6 +72,21 @@ class Settings(BaseSettings):
         "the next call. A few ms can fill GPU batches at moderate load, at that latency cost "
         "(the event loop's timers have ~1 ms resolution)",
     )
+    max_queue: int = Field(
+        default=1024,
+        ge=0,
+        description="images admitted and not yet scored (queued, or in the running batch), at "
+        "most: past it a request is refused at once, 503 overloaded with Retry-After, unless "
+        "nothing is ahead of it. 0: no bound",
+    )
+    latency_budget_ms: float = Field(
+        default=500.0,
+        ge=0,
+        description="the longest the model may be expected to take to reach a request's images "
+        "(those ahead of them and their own, at the measured time per image): past it the "
+        "request is refused at once, 503 overloaded with Retry-After, unless nothing is ahead "
+        "of it. 0: no budget",
+    )
     max_files: int = Field(default=64, ge=1, description="files per /score request, at most")
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1, description="request body size limit in bytes"
@@ -150,6 +165,10 @@ class Settings(BaseSettings):
     @property
     def max_wait_s(self) -> float:
         return self.max_wait_ms / 1000.0
+
+    @property
+    def latency_budget_s(self) -> float:
+        return self.latency_budget_ms / 1000.0
 
     @property
     def reload_root(self) -> Path | None:

@@ -23,7 +23,7 @@ from vigil.service.uploads import read_body
 _bearer = HTTPBearer(auto_error=False, description="VIGIL_ADMIN_TOKEN")
 
 RELOAD_DESCRIPTION = """Load a bundle, validate it (manifest schema, sha256), open its session,
-warm every batch shape, then swap it in atomically. Requests in flight finish on the model
+warm its batch shapes, then swap it in atomically. Requests in flight finish on the model
 they started with. A failed load keeps the current model and answers the reason (403
 bundle_path_forbidden, 404 bundle_not_found, 422 invalid_bundle, 503 provider_unavailable).
 

@@ -34,7 +34,9 @@ def describe(model: LoadedModel) -> dict[str, Any]:
             "enabled": batcher.enabled,
             "max_batch": batcher.max_batch,
             "max_wait_ms": batcher.max_wait_s * 1000,
-            "warmed_shapes": len(batcher.shapes),
+            "warmed_shapes": len(batcher.warmed),
+            "max_queue": batcher.admission.max_queue,
+            "latency_budget_ms": batcher.admission.budget_s * 1000,
         },
         loaded_at=model.loaded_at.isoformat(),
         warmup_seconds=round(model.warmup_seconds, 3),
@@ -53,7 +55,7 @@ def router(holder: ModelHolder, metrics: Metrics) -> APIRouter:
         "/readyz",
         response_model=Ready,
         responses=NOT_READY,
-        summary="Readiness: a bundle is loaded and every batch shape warmed up",
+        summary="Readiness: a bundle is loaded and its batch shapes warmed up",
     )
     async def readyz() -> Response:
         model = holder.require_ready()

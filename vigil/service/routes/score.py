@@ -138,7 +138,7 @@ OPERATION: dict[str, Any] = {
             413: "body, file count or image pixels over the limit",
             415: "not an image, or an unsupported Content-Type",
             422: "no files, undecodable image, or target_fpr out of range",
-            503: "no model loaded yet",
+            503: "no model loaded yet, or overloaded (retry after Retry-After seconds)",
         },
     ),
 }
@@ -182,10 +182,14 @@ class ScoreEndpoint:
         """The JSON response body of a request; `ApiError` or `VigilError` for a bad one."""
         holder, settings = self.holder, self.settings
         target_fpr, heatmap = _query(query_string)
-        _thresholds(holder.require(), target_fpr)  # 503 / 422 before reading the body
+        current = holder.require()
+        _thresholds(current, target_fpr)  # 503 / 422 before reading the body
+        # Overloaded: refused before its body is parsed and decoded, the cheapest way out.
+        current.batcher.admit()
         uploads = await read_uploads(headers, receive, settings.max_files)
         model = holder.acquire()
         try:
+            model.batcher.admit(len(uploads))  # again before decoding, now they are counted
             fpr = _thresholds(model, target_fpr)
             spec = model.manifest.frame_spec()  # the input; for a tiled bundle the frame
             if sum(len(u.data) for u in uploads) > INLINE_DECODE_BYTES:
