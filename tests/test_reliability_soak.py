@@ -18,7 +18,9 @@ from benchmarks.reliability.soak import soak
 def test_short_soak_answers_everything_as_documented_and_the_counters_add_up(
     vae_bundle: Path, tmp_path: Path
 ) -> None:
-    seen = soak(vae_bundle, tmp_path, requests=2000, concurrency=8)
+    # No latency budget: on a loaded CI machine a neighbour's CPU stall can make admission
+    # control (tested in test_service_overload.py) refuse a request; the queue bound stays.
+    seen = soak(vae_bundle, tmp_path, 2000, concurrency=8, env={"VIGIL_LATENCY_BUDGET_MS": "0"})
     assert seen["not_answered"] == {}, seen
     assert seen["wrong_answers"] == 0, seen["wrong_examples"]
     assert seen["answers_5xx"] == seen["server_5xx"] == 0

@@ -177,12 +177,14 @@ def soak(
     bad_share: float = 0.3,
     seed: int = 0,
     warmup_share: float = 0.1,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run the soak against a fresh `vigil serve` of `bundle`; the figures and the books."""
+    """Run the soak against a fresh `vigil serve` of `bundle` (its defaults, and `env`);
+    the figures and the books."""
     kinds = mixed(test_images(64, seed), MAX_FILES, MAX_BODY_BYTES, bad_share)
     weights = np.array([k.weight for k in kinds])
     schedule = np.random.default_rng(seed).choice(len(kinds), requests, p=weights / weights.sum())
-    server = start(bundle, workdir / "soak.log", {"VIGIL_DRAIN_S": "1"})  # defaults otherwise
+    server = start(bundle, workdir / "soak.log", {"VIGIL_DRAIN_S": "1", **(env or {})})
     try:
         before = counters(server)
         started = time.perf_counter()
@@ -208,6 +210,8 @@ def soak(
         "by_kind": dict(sorted(books.by_kind.items())),
         "statuses": dict(sorted(statuses.items())),
         "answers_5xx": sum(n for s, n in statuses.items() if s.startswith("5")),
+        # 503 overloaded: refused by admission control (issue 13), counted apart from errors
+        "refused_overloaded": sum(w.count('"overloaded"') for w in books.wrong),
         "server_5xx": server_5xx,
         "not_answered": dict(books.fates),
         "wrong_answers": len(books.wrong),
