@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from vigil.core.bundle import BundleError, load_bundle
+from vigil.service import protocol
 from vigil.service.app import create_app
 from vigil.service.drain import DrainingServer
 from vigil.service.settings import Settings
@@ -101,7 +102,7 @@ def serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    http = "httptools"  # uvicorn[standard] brings it; `protocol` bounds request heads on it
     logging.getLogger("vigil.cli").info(
         "serving %s on http://%s:%d with one worker (%s, %s)",
         settings.bundle,
@@ -117,7 +118,7 @@ def serve(args: argparse.Namespace) -> int:
         port=settings.port,
         workers=1,  # one worker per process, by design: batching happens inside it
         loop=loop,
-        http=http,
+        http=protocol.limited(settings.max_header_bytes),
         lifespan="on",
         log_level=settings.log_level,
         access_log=settings.access_log,

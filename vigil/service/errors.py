@@ -54,6 +54,7 @@ ERROR_CODES: dict[str, Code] = {
     "invalid_target_fpr": Code(422, "`target_fpr` not a number or outside the calibrated range"),
     "invalid_request": Code(422, "any other invalid parameter or JSON body"),
     "invalid_bundle": Code(422, "reload of a bundle that fails validation (manifest, sha256)"),
+    "headers_too_large": Code(431, "request line and headers over VIGIL_MAX_HEADER_BYTES"),
     "internal_error": Code(500, "a bug: logged with its traceback"),
     "not_ready": Code(503, "no model loaded (yet), or it is being unloaded; /readyz: draining"),
     "inference_failed": Code(503, "ONNX Runtime failed on the request's batch (logged); retry"),

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         "of it. 0: no budget",
     )
     max_files: int = Field(default=64, ge=1, description="files per /score request, at most")
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="request line and headers of one request, at most (431 headers_too_large); "
+        "without a bound a client could make the service buffer any amount of memory",
+    )
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1, description="request body size limit in bytes"
     )
