@@ -83,7 +83,9 @@ def nothing_revealed(ctx: Any, response: Any, case: Any) -> bool | None:
     text = response.content.decode("utf-8", "replace")
     for secret in _secrets():
         assert secret not in text, "an answer reveals a secret or a server path"
-    assert "Traceback" not in text and 'File "/' not in text, "an answer carries a traceback"
+    # (a bare "Traceback" may be the client's own words echoed, e.g. a form field's name)
+    assert "Traceback (most recent call last)" not in text, "an answer carries a traceback"
+    assert 'File "/' not in text, "an answer carries a traceback's frame"
     return True
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -16,10 +17,11 @@ from starlette.responses import Response
 from vigil.service.errors import ApiError
 from vigil.service.model import ModelHolder
 from vigil.service.responses import json_response
-from vigil.service.schemas import ReloadRequest, ReloadResponse, error_responses
+from vigil.service.schemas import BUNDLE_PATTERN, ReloadRequest, ReloadResponse, error_responses
 from vigil.service.settings import Settings
 from vigil.service.uploads import read_body
 
+_BUNDLE = re.compile(BUNDLE_PATTERN)
 _bearer = HTTPBearer(auto_error=False, description="VIGIL_ADMIN_TOKEN")
 
 RELOAD_DESCRIPTION = """Load a bundle, validate it (manifest schema, sha256), open its session,
@@ -110,7 +112,8 @@ def public_path(path: Path, root: Path | None) -> str:
 
 
 def _requested_bundle(raw: bytes) -> str | None:
-    if not raw.strip():
+    """The body's bundle path; None for no body (a blank body is not JSON: 422)."""
+    if not raw:
         return None
     try:
         data = json.loads(raw)
@@ -119,8 +122,8 @@ def _requested_bundle(raw: bytes) -> str | None:
     if not isinstance(data, dict) or set(data) - {"bundle"}:
         raise ApiError("invalid_request", 'the body must be {"bundle": "<path>"} or empty')
     bundle = data.get("bundle")
-    if bundle is not None and (not isinstance(bundle, str) or not bundle.strip()):
-        raise ApiError("invalid_request", '"bundle" must be a non-empty path string')
+    if bundle is not None and (not isinstance(bundle, str) or not _BUNDLE.match(bundle)):
+        raise ApiError("invalid_request", '"bundle" must be a non-blank path without NUL characters')  # fmt: skip
     return bundle
 
 
@@ -132,8 +135,6 @@ def bundle_path(requested: str | None, current: Path | None, root: Path | None) 
         return current
     if root is None:
         raise ApiError("bundle_path_forbidden", "no models directory is configured")
-    if "\0" in requested:  # no path holds one; the OS refuses it (ValueError)
-        raise ApiError("invalid_request", '"bundle" must not contain a NUL character')
     candidate = Path(requested)
     if not candidate.is_absolute():
         candidate = root / candidate
