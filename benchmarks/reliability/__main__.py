@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -114,13 +115,13 @@ def check_images(bundle: Path, work: Path, size: dict[str, int]) -> dict[str, An
                "-rss_limit_mb=1024", f"-artifact_prefix={work}/", "-print_final_stats=1",
                str(work / "corpus"), str(work / "seeds"), str(CORPUS)]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    stats = {
-        line.split(":")[0].strip("# "): line.split(":", 1)[1].strip()
+    stats = {  # libFuzzer's -print_final_stats lines: "stat::NAME: VALUE"
+        line[len("stat::") :].split(":")[0]: line.split(":")[-1].strip()
         for line in done.stderr.splitlines()
         if line.startswith("stat::")
     }
     found = sorted(p.name for p in work.iterdir() if p.name.split("-")[0] in ("crash", "oom", "timeout"))  # fmt: skip
-    last = [line for line in done.stderr.splitlines() if line.startswith("#")][-1:]
+    last = [line for line in done.stderr.splitlines() if re.match(r"#\d+\s", line)][-1:]
     print("\n".join([*last, f"findings: {found or 'none'}"]))
     return {
         "returncode": done.returncode,
@@ -134,12 +135,14 @@ def check_images(bundle: Path, work: Path, size: dict[str, int]) -> dict[str, An
 
 def check_faults(bundle: Path, work: Path, size: dict[str, int]) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *FAULT_TESTS],
+        [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *FAULT_TESTS],
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
-    print(summary)
-    return {"pytest": summary, "ok": done.returncode == 0}
+    lines = done.stdout.strip().splitlines()
+    summary = lines[-1] if lines else done.stderr[-500:]
+    failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    print("\n".join([*failed, summary]))
+    return {"pytest": summary, "failed": failed, "ok": done.returncode == 0}
 
 
 def check_audit(bundle: Path, work: Path, size: dict[str, int]) -> dict[str, Any]:
