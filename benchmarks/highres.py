@@ -34,7 +34,15 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import save, table
-from benchmarks.texture_data import KINDS, TEXTURES, add_defect, photo, to_uint8
+from benchmarks.texture_data import (
+    AMPLITUDES,
+    KINDS,
+    TEXTURES,
+    Strength,
+    add_defect,
+    photo,
+    to_uint8,
+)
 from vigil.core.bundle import load_bundle
 from vigil.core.runtime import create_session, run
 from vigil.core.tiling import score_tiled
@@ -69,6 +77,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=120, help="normal training frames")
     parser.add_argument("--test-normal", type=int, default=40)
     parser.add_argument("--per-kind", type=int, default=8, help="defective test frames per kind")
+    parser.add_argument("--contrast", choices=list(AMPLITUDES), default="visible")
     args = parser.parse_args()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,11 +91,12 @@ def main() -> None:
             train(cfg)
             train_seconds = time.perf_counter() - started
             manifest, model_path = load_bundle(cfg.out)
+            strength = Strength.of(args.contrast, base)
             normal = frames(base, args.test_normal, True, rng)
             bad, masks, kinds = [], [], []
             for kind in KINDS:
                 for f in frames(base, args.per_kind, True, rng):
-                    out, mask = add_defect(f, kind, DEFECT_PX, rng)
+                    out, mask = add_defect(f, kind, DEFECT_PX, rng, strength)
                     bad.append(out)
                     masks.append(mask)
                     kinds.append(kind)
@@ -177,6 +187,7 @@ def main() -> None:
             "cores_visible": os.cpu_count(),
             "frame": FRAME,
             "defect_px": DEFECT_PX,
+            "contrast": args.contrast,
             "textures": results,
         },
     )

@@ -12,9 +12,18 @@ pixel mask each, in seven kinds and three sizes (the defect's extent, in pixels 
 
 - high contrast: `scratch` (a thin straight line, bright or dark), `spot` (a disk, bright or
   dark), `crack` (a dark random-walk path);
-- low contrast or detail-removing: `stain` (a soft blob, +-0.08-0.15 of the range),
-  `missing` (a patch filled with the crop's mean: texture gone), `smoothed` (a patch
-  blurred, sigma 2.5), `brightness` (a patch shifted by +-0.1).
+- low contrast or detail-removing: `stain` (a soft blob), `missing` (a patch filled with the
+  crop's mean: texture gone), `smoothed` (a patch blurred, sigma 2.5), `brightness` (a patch
+  shifted).
+
+Two contrast levels (`Contrast`). `visible`, the benchmark's default, sets the low-contrast
+kinds' amplitude in units of the texture's own pixel standard deviation (sigma: brick 0.10,
+grass and gravel 0.15), 1.5-2.5 sigma, and a crack darkens its path by 70-90 %: every defect
+is visible to a person who compares the crop with its clean version, as MVTec AD's are.
+`faint` is the first version of this benchmark: stains of +-0.08-0.15 and shifts of +-0.1
+whatever the texture (0.5-1 sigma on grass and gravel), cracks darkening by 50-70 %; side by
+side with the clean crop most of those on grass and gravel cannot be seen at all
+(benchmarks/results/texture_defects.png shows both levels).
 
 Everything is a function of a seed, so CI can rebuild the same data.
 """
@@ -24,6 +33,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -34,6 +44,25 @@ HIGH_CONTRAST = ("scratch", "spot", "crack")
 SIZES = {"small": 5, "medium": 10, "large": 18}
 CROP_SCALES = (1.0, 1.5, 2.0)
 TRAIN_ROWS = 0.6  # the top 60 % of each photo for normal training crops
+
+Contrast = Literal["visible", "faint"]
+
+
+@dataclass(frozen=True)
+class Amplitudes:
+    """How strong the defects are drawn: `stain`/`shift` in units of the texture's sigma
+    (visible) or absolute (faint); `crack` is the share of brightness a crack removes."""
+
+    stain: tuple[float, float]
+    shift: tuple[float, float]
+    crack: tuple[float, float]
+    relative: bool
+
+
+AMPLITUDES: dict[str, Amplitudes] = {
+    "visible": Amplitudes(stain=(1.5, 2.5), shift=(1.5, 2.5), crack=(0.7, 0.9), relative=True),
+    "faint": Amplitudes(stain=(0.08, 0.15), shift=(0.1, 0.1), crack=(0.5, 0.7), relative=False),
+}
 
 
 def photo(name: str) -> np.ndarray:
@@ -65,6 +94,24 @@ def crops(source: np.ndarray, n: int, size: int, rng: np.random.Generator) -> np
 
 
 # ---------------------------------------------------------------- defects
+
+Defect = tuple[np.ndarray, np.ndarray]  # (image, bool mask)
+
+
+@dataclass(frozen=True)
+class Strength:
+    """A contrast level applied to one texture (whose pixel standard deviation is `sigma`)."""
+
+    amplitudes: Amplitudes
+    sigma: float
+
+    @classmethod
+    def of(cls, contrast: Contrast, texture: np.ndarray) -> Strength:
+        return cls(AMPLITUDES[contrast], float(np.std(texture)))
+
+    def draw(self, bounds: tuple[float, float], rng: np.random.Generator) -> float:
+        value = float(rng.uniform(*bounds))
+        return value * self.sigma if self.amplitudes.relative else value
 
 
 def _disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
@@ -102,7 +149,7 @@ def _centre(shape: tuple[int, int], margin: float, rng: np.random.Generator) -> 
     return float(rng.uniform(m, shape[0] - m)), float(rng.uniform(m, shape[1] - m))
 
 
-def _scratch(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _scratch(x: np.ndarray, s: int, rng: np.random.Generator, a: Strength) -> Defect:
     cy, cx = _centre(x.shape, s / 2 + 1, rng)
     angle = rng.uniform(0, np.pi)
     centre = np.array([cy, cx])
@@ -112,13 +159,13 @@ def _scratch(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarra
     return x + weight * 0.8 * (target - x), weight > 0.25
 
 
-def _spot(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _spot(x: np.ndarray, s: int, rng: np.random.Generator, a: Strength) -> Defect:
     cy, cx = _centre(x.shape, s / 2 + 1, rng)
     weight = _disk(x.shape, cy, cx, s / 2)
     return x + weight * _sign(rng) * rng.uniform(0.25, 0.4), weight > 0.25
 
 
-def _crack(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _crack(x: np.ndarray, s: int, rng: np.random.Generator, a: Strength) -> Defect:
     cy, cx = _centre(x.shape, s / 2 + 1, rng)
     steps = max(3, s // 3)
     heading = rng.uniform(0, 2 * np.pi)
@@ -127,14 +174,14 @@ def _crack(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray,
         heading += rng.normal(0, 0.6)
         points.append(points[-1] + s / steps * np.array([np.sin(heading), np.cos(heading)]))
     weight = _line(x.shape, np.array(points), 1.0)
-    return x * (1 - weight * rng.uniform(0.5, 0.7)), weight > 0.25
+    return x * (1 - weight * rng.uniform(*a.amplitudes.crack)), weight > 0.25
 
 
-def _stain(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _stain(x: np.ndarray, s: int, rng: np.random.Generator, a: Strength) -> Defect:
     cy, cx = _centre(x.shape, s / 2, rng)
     yy, xx = np.mgrid[: x.shape[0], : x.shape[1]]
     weight = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (s / 3) ** 2))
-    return x + weight * _sign(rng) * rng.uniform(0.08, 0.15), weight > 0.3
+    return x + weight * _sign(rng) * a.draw(a.amplitudes.stain, rng), weight > 0.3
 
 
 def _box(shape: tuple[int, int], s: int, rng: np.random.Generator) -> np.ndarray:
@@ -145,23 +192,22 @@ def _box(shape: tuple[int, int], s: int, rng: np.random.Generator) -> np.ndarray
     return mask
 
 
-def _missing(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _missing(x: np.ndarray, s: int, rng: np.random.Generator, a: Strength) -> Defect:
     mask = _box(x.shape, s, rng)
     return np.where(mask, x.mean(), x), mask
 
 
-def _smoothed(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _smoothed(x: np.ndarray, s: int, rng: np.random.Generator, a: Strength) -> Defect:
     mask = _box(x.shape, s, rng)
     return np.where(mask, _blur(x, 2.5), x), mask
 
 
-def _brightness(x: np.ndarray, s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _brightness(x: np.ndarray, s: int, rng: np.random.Generator, a: Strength) -> Defect:
     mask = _box(x.shape, s, rng)
-    return np.where(mask, x + _sign(rng) * 0.1, x), mask
+    return np.where(mask, x + _sign(rng) * a.draw(a.amplitudes.shift, rng), x), mask
 
 
-DEFECTS: dict[str, Callable[[np.ndarray, int, np.random.Generator], tuple[np.ndarray, np.ndarray]]]
-DEFECTS = {
+DEFECTS: dict[str, Callable[[np.ndarray, int, np.random.Generator, Strength], Defect]] = {
     "scratch": _scratch,
     "spot": _spot,
     "crack": _crack,
@@ -173,10 +219,10 @@ DEFECTS = {
 
 
 def add_defect(
-    x: np.ndarray, kind: str, size: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+    x: np.ndarray, kind: str, size: int, rng: np.random.Generator, strength: Strength
+) -> Defect:
     """One defect on a float [H, W] image: (defective image clipped to [0, 1], bool mask)."""
-    out, mask = DEFECTS[kind](x.astype(np.float64), size, rng)
+    out, mask = DEFECTS[kind](x.astype(np.float64), size, rng, strength)
     return np.clip(out, 0.0, 1.0).astype(np.float32), mask
 
 
@@ -198,10 +244,12 @@ def build(
     n_per_cell: int = 60,
     size: int = 64,
     seed: int = 0,
+    contrast: Contrast = "visible",
 ) -> TextureSet:
     """The benchmark's images for one texture; `n_per_cell` anomalies per kind x size."""
     rng = np.random.default_rng([seed, TEXTURES.index(texture)])
     image = photo(texture)
+    strength = Strength.of(contrast, image)
     train = crops(region(image, "train"), n_train, size, rng)
     test_normal = crops(region(image, "test"), n_test_normal, size, rng)
     bases = crops(region(image, "test"), n_per_cell * len(KINDS) * len(SIZES), size, rng)
@@ -210,7 +258,7 @@ def build(
     for kind in KINDS:
         for size_name, extent in SIZES.items():
             for _ in range(n_per_cell):
-                out, mask = add_defect(bases[i], kind, extent, rng)
+                out, mask = add_defect(bases[i], kind, extent, rng, strength)
                 anomalous.append(out)
                 masks.append(mask)
                 kinds.append(kind)

@@ -10,7 +10,7 @@ IsolationForest and pyod's AutoEncoder are fitted on Vigil's training split, raw
 
     .venv/bin/python benchmarks/textures.py [--textures brick grass gravel] [--skip-pyod] [--keep DIR]
 
-Writes benchmarks/results/textures.json.
+Writes benchmarks/results/textures.json (textures_faint.json with --contrast faint).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import save, table
-from benchmarks.texture_data import KINDS, SIZES, TEXTURES, TextureSet, build, to_uint8
+from benchmarks.texture_data import AMPLITUDES, KINDS, SIZES, TEXTURES, TextureSet, build, to_uint8
 from vigil.core.bundle import load_bundle
 from vigil.core.verdicts import Judge
 from vigil.training.calibrate import score_images
@@ -125,6 +125,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--textures", nargs="*", default=list(TEXTURES))
     parser.add_argument("--skip-pyod", action="store_true")
+    parser.add_argument(
+        "--contrast",
+        choices=list(AMPLITUDES),
+        default="visible",
+        help="defect amplitudes (benchmarks/texture_data.py): visible (the goal's) or faint",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the bundles here")
     args = parser.parse_args()
     results: dict[str, Any] = {}
@@ -132,7 +138,7 @@ def main() -> None:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         for texture in args.textures:
-            s = build(texture)
+            s = build(texture, contrast=args.contrast)
             results[texture] = {"vigil": vigil(s, root), **baselines(s, args.skip_pyod)}
             v = results[texture]["vigil"]
             print(
@@ -178,9 +184,10 @@ def main() -> None:
     ]
     print(table(size_rows, ["kind", *SIZES]))
     save(
-        "textures",
+        "textures" if args.contrast == "visible" else f"textures_{args.contrast}",
         {
             "command": "benchmarks/textures.py " + " ".join(sys.argv[1:]),
+            "contrast": args.contrast,
             "primary_score": primary,
             "target_fpr": 0.01,
             "textures": results,

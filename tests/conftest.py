@@ -28,7 +28,9 @@ def train_bundle(out: Path, data: str, **overrides: object) -> Path:
     from vigil.training.config import TrainConfig
     from vigil.training.pipeline import run
 
-    settings: dict[str, object] = {"epochs": 2, "progress": False, "report": False, "seed": 0}
+    settings: dict[str, object] = {
+        "epochs": 2, "head_steps": 20, "progress": False, "report": False, "seed": 0
+    }  # fmt: skip
     settings.update(overrides)
     run(TrainConfig(data=data, out=out, **settings))  # type: ignore[arg-type]
     return out

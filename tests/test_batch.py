@@ -102,6 +102,36 @@ def test_arrays_globs_and_lists_of_paths(vae_bundle: Path, tmp_path: Path) -> No
     assert [r["error"] for r in table[30:]] == [None, None, "unreadable_file"]
 
 
+def test_the_progress_bar_moves_with_every_group_scored(
+    vae_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only when a row group (65,536 rows) is written: it sat at 0 % until then."""
+    from vigil.batch import local
+
+    updates: list[int] = []
+
+    class Bar:
+        def __init__(self, **kwargs: object) -> None:
+            assert kwargs["total"] == 2_500
+
+        def __enter__(self) -> Bar:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def update(self, n: int) -> None:
+            updates.append(n)
+
+    monkeypatch.setattr(local, "tqdm", Bar)
+    np.save(tmp_path / "x.npy", fashion(2_500))
+    out = tmp_path / "out.parquet"
+    assert score(vae_bundle, out, tmp_path / "x.npy", extra=("--workers", "0")) == 0
+    assert updates == [1_024, 1_024, 452]
+    assert pq.ParquetFile(out).metadata.num_row_groups == 1  # rows still written in one group
+    assert pq.read_table(out).num_rows == 2_500
+
+
 def test_an_empty_or_missing_input_is_a_clear_error(
     vae_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -148,8 +178,13 @@ def test_an_existing_result_is_kept_unless_overwrite(vae_bundle: Path, tmp_path:
 def test_ray_without_the_extra_says_what_to_install(
     vae_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:  # fmt: skip
+    import vigil.batch
+
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if not installed
+    # Imported already (test_batch_ray.py)? Then `from vigil.batch import ray_job` would find
+    # the package's attribute without importing: remove both.
     monkeypatch.delitem(sys.modules, "vigil.batch.ray_job", raising=False)
+    monkeypatch.delattr(vigil.batch, "ray_job", raising=False)
     folder = image_folder(tmp_path, count=2)
     assert score(vae_bundle, tmp_path / "out", folder, extra=("--ray",)) == 2
     assert "pip install -e '.[ray,cpu]'" in capsys.readouterr().err

@@ -66,6 +66,8 @@ def test_train_evaluate_calibrate_end_to_end(
         "4",
         "--epochs",
         "12",
+        "--head-steps",
+        "40",
         "--target-fpr",
         "0.05",
         "--out",
@@ -155,7 +157,7 @@ def test_too_few_calibration_images_calibrate_for_the_nearest_target_and_say_so(
     0.01; the bundle is calibrated for the nearest supported target and says so."""
     np.save(tmp_path / "few.npy", make_blobs(50, size=12))
     argv = ["train", "--data", str(tmp_path / "few.npy"), "--out", str(tmp_path / "b"),
-            "--epochs", "1", "--no-report"]  # fmt: skip
+            "--epochs", "1", "--head-steps", "10", "--no-report"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "WARNING: target FPR 0.01 is below 0.0476, the smallest that 20 calibration" in out
@@ -171,7 +173,7 @@ def test_evaluate_all_classes_prints_the_table_with_the_mean(
 ) -> None:
     out = tmp_path / "eval"
     argv = ["evaluate", "--data", "fashion-mnist", "--all-classes", "--classes", "1", "7",
-            "--epochs", "1", "--out", str(out)]  # fmt: skip
+            "--epochs", "1", "--head-steps", "10", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     summary = json.loads((out / "all-classes.json").read_text())
     assert [row["class"] for row in summary["classes"]] == [1, 7]

@@ -166,7 +166,8 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, podman_env: dict[str, s
     vigil = _tool("vigil")
     assert vigil, "the vigil console script is not installed"
     cmd = [vigil, "train", "--data", "fashion-mnist", "--normal-class", "0"]
-    cmd += ["--max-images", "600", "--epochs", "3", "--no-report", "--out", str(models / "default")]
+    cmd += ["--max-images", "600", "--epochs", "3", "--head-steps", "20", "--no-report"]
+    cmd += ["--out", str(models / "default")]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300, umask=0o022)
     for path in [models / "default", *(models / "default").iterdir()]:
         assert path.stat().st_mode & 0o004, f"{path} is not readable by the container's user"

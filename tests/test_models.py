@@ -139,5 +139,6 @@ def test_score_graph_standardises_scores() -> None:
     assert abs(float(out["combined"].mean())) < 1e-4
     assert abs(float(out["mahalanobis"].mean()) - 1.0) < 0.05  # E[d^2] / dim = 1 on fit data
     assert set(graph.score_names()) == {
-        "reconstruction", "blurred", "ssim", "mahalanobis", "knn", "local", "kl", "combined", "overall"
+        "reconstruction", "blurred", "ssim", "mahalanobis", "knn", "local", "defect", "kl",
+        "combined", "overall",
     }  # fmt: skip

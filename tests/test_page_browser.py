@@ -162,6 +162,8 @@ def _cards(page: Page) -> list[dict[str, Any]]:
                 heatmap: c.querySelector('.heatmap img').naturalWidth,
                 reconstruction: c.querySelector('.reconstruction img').naturalWidth,
                 message: c.querySelector('.error-message').textContent,
+                scale: c.querySelector('.scale-title').textContent,
+                caption: c.querySelector('.heatmap figcaption').textContent,
                 errorShown: !c.querySelector('.card-error').hidden,
             }))""",
         )
@@ -242,6 +244,11 @@ def test_the_page_in_a_browser(chromium: str, server: str) -> None:
             _check_against_api(server, page, uploads, None)
 
             cards = _cards(page)
+            # The heatmap is named for what it is: the anomaly map of a schema-2 bundle.
+            local = "anomaly_map" in model["onnx"]["outputs"]
+            for card in cards[:-1]:
+                assert card["scale"] == ("anomaly map" if local else "squared error")
+                assert card["caption"] == ("Anomaly map" if local else "Error") + " over input"
             (bad,) = [card for card in cards if card["name"] == BAD[0]]
             assert bad["verdict"] == "error" and bad["errorShown"]
             assert bad["message"] == bad_answer["error"]["message"]
@@ -287,6 +294,17 @@ def test_the_page_in_a_browser(chromium: str, server: str) -> None:
             page.evaluate("document.activeElement.blur()")
             page.mouse.move(0, 0)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+            # Every card's score table fits its card, on laptop screens too (no column cut).
+            page.evaluate(
+                "document.querySelectorAll('details.all-scores').forEach(d => d.open = true)"
+            )
+            for width in (1440, 1366, 1024):
+                page.set_viewport_size({"width": width, "height": 800})
+                overflow = page.eval_on_selector_all(
+                    "#grid .table-wrap", "ws => ws.map(w => w.scrollWidth - w.clientWidth)"
+                )
+                assert max(overflow) <= 0, (width, overflow)
         finally:
             browser.close()
     assert not problems, json.dumps(problems, indent=1)

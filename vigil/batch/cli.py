@@ -124,14 +124,25 @@ def _check_args(args: argparse.Namespace) -> None:
                          "invalid_request")  # fmt: skip
 
 
-def _load_ray(args: argparse.Namespace) -> RayRunner:
-    """Ray's runner, importing Ray; a local cluster binds 127.0.0.1 only.
+# The local cluster's settings (`--ray` with no cluster to join; the tests' cluster too).
+# Ray reads them when it is imported or starts its processes: they are set before, and a
+# value already in the environment wins.
+LOCAL_RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the head binds 127.0.0.1, not the LAN address
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # No memory monitor: when the machine's memory is >= 95 % used, by whatever process,
+    # Ray kills its own workers (the scoring actors, Ray Data's internal actors) and retries
+    # them forever, so the job hangs. The job's memory is bounded (batches of bounded
+    # images); the kernel's OOM killer still guards the machine.
+    "RAY_memory_monitor_refresh_ms": "0",
+}
 
-    Ray reads these variables when it is imported: they must be set before.
-    """
+
+def _load_ray(args: argparse.Namespace) -> RayRunner:
+    """Ray's runner, importing Ray; a local cluster binds 127.0.0.1 only."""
     if args.ray == LOCAL and "RAY_ADDRESS" not in os.environ:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # head on 127.0.0.1
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        for name, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(name, value)
     try:
         runner: RayRunner = args.ray_runner()
     except ModuleNotFoundError as exc:

@@ -66,46 +66,41 @@ def score_local(
         with (
             _pool(job.workers, model.manifest.frame_spec(), model.options.max_pixels) as pool,
             pq.ParquetWriter(partial, out_schema) as writer,
+            # disable=None: the bar turns itself off when stderr is not a terminal.
             tqdm(
                 total=total, unit=" images", disable=None if job.progress else True, smoothing=0.1
             ) as bar,
         ):
-            for table in _tables(job, model, out_schema, _decoded(pool, sources, job.workers)):
-                writer.write_table(table, row_group_size=ROW_GROUP)
+            ready: list[pa.Table] = []
+            rows = 0
+            for table in _tables(model, out_schema, _decoded(pool, sources, job.workers)):
                 summary.add(table)
-                bar.update(table.num_rows)
+                bar.update(table.num_rows)  # every group scored, not every row group written
+                ready.append(table)
+                rows += table.num_rows
+                if rows >= ROW_GROUP:
+                    writer.write_table(pa.concat_tables(ready), row_group_size=ROW_GROUP)
+                    ready, rows = [], 0
+            if ready:
+                writer.write_table(pa.concat_tables(ready), row_group_size=ROW_GROUP)
         partial.replace(job.out)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
 
 
-def _quiet(job: LocalJob) -> bool | None:
-    """tqdm's `disable`: None turns the bar off by itself when stderr is not a terminal."""
-    return None if job.progress else True
-
-
-def _tables(
-    job: LocalJob, model: Model, out_schema: pa.Schema, decoded: Iterator[Decoded]
-) -> Iterator[pa.Table]:
-    """Result tables of about ROW_GROUP rows, scored `model.group` inputs at a time."""
+def _tables(model: Model, out_schema: pa.Schema, decoded: Iterator[Decoded]) -> Iterator[pa.Table]:
+    """Result tables of `model.group` inputs (the last one may be smaller), in input order."""
     pending: list[Decoded] = []
-    ready: list[pa.Table] = []
-    waiting = rows = 0
+    waiting = 0
     for part in decoded:
         pending.append(part)
         waiting += len(part.paths)
         if waiting >= model.group:
-            ready.append(score(model, Decoded.concat(pending), out_schema))
-            rows += ready[-1].num_rows
+            yield score(model, Decoded.concat(pending), out_schema)
             pending, waiting = [], 0
-        if rows >= ROW_GROUP:
-            yield pa.concat_tables(ready)
-            ready, rows = [], 0
     if pending:
-        ready.append(score(model, Decoded.concat(pending), out_schema))
-    if ready:
-        yield pa.concat_tables(ready)
+        yield score(model, Decoded.concat(pending), out_schema)
 
 
 # ---------------------------------------------------------------- decoding, in parallel

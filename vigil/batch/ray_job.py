@@ -9,6 +9,11 @@ or object storage).
 
 `--out` is a folder of Parquet files (one dataset). A local `--out` is written as
 `.NAME.partial-PID` and renamed when complete; a URI (s3://...) is written in place.
+
+A scoring actor whose process dies (a crash in a native decoder or in ONNX Runtime on some
+file, the kernel's OOM killer) is restarted and its batch retried at most RETRIES times,
+not forever as Ray Data would: a batch that kills every worker fails the job with one
+line instead of hanging it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import ray.data
+import ray.data.exceptions
 
 from vigil.batch import inputs
 from vigil.batch.decoding import decode, read_files
@@ -38,6 +47,8 @@ from vigil.core.readers import IMAGE_SUFFIXES
 # CPUs reserved per read or write task: they wait on storage, the actors do the work. With
 # the default of 1, actors holding every CPU would starve them (the job would hang).
 IO_CPUS = 0.25
+# Restarts of a scoring actor, and retries of its calls, after its process died.
+RETRIES = 3
 
 
 class ScoreActor:
@@ -80,26 +91,54 @@ def score_ray(
     threads = args.intra_op_threads or max(1, int(args.cpus_per_actor))
     options = dataclasses.replace(model.options, intra_op_threads=threads)
     try:
-        _dataset(files).map_batches(
-            ScoreActor,
-            fn_constructor_args=(
-                model.manifest.model_dump_json(),
-                _graph(args, model),
-                options,
-            ),
-            compute=ray.data.ActorPoolStrategy(size=args.actors),
-            batch_size=model.group,
-            batch_format="numpy",
-            num_cpus=args.cpus_per_actor,
-            num_gpus=args.gpus_per_actor,
-        ).write_parquet(target, schema=schema(model), ray_remote_args={"num_cpus": IO_CPUS})
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates map_batches' **ray_remote_args (for 2.64) and names no
+            # replacement for max_restarts / max_task_retries yet; the tests see a change.
+            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", DeprecationWarning)
+            scored = _dataset(files).map_batches(
+                ScoreActor,
+                fn_constructor_args=(
+                    model.manifest.model_dump_json(),
+                    _graph(args, model),
+                    options,
+                ),
+                compute=ray.data.ActorPoolStrategy(size=args.actors),
+                batch_size=model.group,
+                batch_format="numpy",
+                num_cpus=args.cpus_per_actor,
+                num_gpus=args.gpus_per_actor,
+                max_restarts=RETRIES,
+                max_task_retries=RETRIES,
+            )
+        scored.write_parquet(target, schema=schema(model), ray_remote_args={"num_cpus": IO_CPUS})
         if local:
             _publish(Path(target), Path(out))
-    except BaseException:
+    except BaseException as exc:
         if local:
             shutil.rmtree(target, ignore_errors=True)
+        if _job_failure(exc):
+            raise VigilError(f"the Ray job failed: {_first_line(exc)}", "ray_job_failed") from exc
         raise
     summary.add(pq.read_table(out, columns=["is_anomaly", "error"]))
+
+
+# Ray's own failures: workers or actors that died, and (Ray Data >= 2.5x) an execution in
+# which nothing progressed for DataContext.execution_no_progress_timeout_s (30 min).
+_STALLED = getattr(ray.data.exceptions, "ExecutionTimeoutError", None)
+_FAILURES: tuple[type[BaseException], ...] = (ray.exceptions.RayError,) + (
+    (_STALLED,) if _STALLED else ()
+)
+
+
+def _job_failure(exc: BaseException) -> bool:
+    """A failure of the job that a user acts on from one line; an error raised by vigil's
+    own code on the workers keeps its traceback."""
+    return isinstance(exc, _FAILURES) and not isinstance(exc, ray.exceptions.UserCodeException)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _graph(args: argparse.Namespace, model: Model) -> bytes:
@@ -112,6 +151,10 @@ def _connect(args: argparse.Namespace) -> None:
     process is connected already)."""
     if ray.is_initialized():
         return
+    # ray.init replaces the SIGTERM handler with its own (sys.exit(15), and Ray's C++
+    # handler prints a stack): keep vigil's, which cleans up and exits 130 like Ctrl-C.
+    main = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         if args.ray != "local" or "RAY_ADDRESS" in os.environ:
             address = None if args.ray == "local" else args.ray
@@ -124,6 +167,9 @@ def _connect(args: argparse.Namespace) -> None:
         raise VigilError(
             f"cannot reach the Ray cluster at {args.ray}: {exc}", "ray_unavailable"
         ) from exc
+    finally:
+        if on_sigterm is not None:
+            signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _dataset(files: list[inputs.Files]) -> ray.data.Dataset:

@@ -138,6 +138,7 @@ class TrainingInfo(_Strict):
     device: str
     config: dict[str, Any]
     versions: dict[str, str]
+    head: dict[str, float] | None = None  # the defect head's training: steps, final loss, seconds
 
 
 class Manifest(_Strict):

@@ -10,10 +10,14 @@ COMBINED = "combined"
 # `combined` averages these, each log-transformed and standardised.
 COMBINED_FROM = ("blurred", "ssim", "mahalanobis", "knn")
 LOCAL = "local"
-# The primary score: whichever of `combined` (image-wide) and `local` is stronger.
+DEFECT = "defect"
+# The primary score: whichever of `combined` (image-wide), `local` and `defect` is strongest.
 PRIMARY = "overall"
+PRIMARY_FROM = (COMBINED, LOCAL, DEFECT)
 # Only a VAE's graph computes these.
 VARIATIONAL_ONLY = frozenset({"kl"})
+# Only a graph with the local detectors (inputs of 48 px and more by default) computes these.
+LOCAL_ONLY = frozenset({LOCAL, DEFECT})
 
 SCORES: dict[str, str] = {
     "reconstruction": "mean squared error between the image and its reconstruction",
@@ -25,13 +29,22 @@ SCORES: dict[str, str] = {
     "knn": "mean distance of the latent code to its 5 nearest training codes (scaled per dim)",
     LOCAL: "maximum over the image of the smoothed local anomaly map (per-pixel features "
     "under Gaussians of normal pixels, standardised)",
+    DEFECT: "maximum over the image of the defect head's logits (a small segmentation net "
+    "trained on synthetic defects drawn on the normal images)",
     "kl": "KL(q(z|x) || N(0, I)) summed over latent dimensions",
     COMBINED: f"mean of the log-scores of {', '.join(COMBINED_FROM)}, each standardised on the "
     "validation split",
-    PRIMARY: f"max of {COMBINED} and {LOCAL}, each standardised on the validation split",
+    PRIMARY: f"max of {COMBINED}, {LOCAL} and {DEFECT} (where the graph has them), each "
+    "standardised on the validation split",
 }
 
 
-def score_names(variational: bool) -> list[str]:
+def score_names(variational: bool, local: bool = True) -> list[str]:
     """The scores a graph computes, in the order responses list them."""
-    return [name for name in SCORES if variational or name not in VARIATIONAL_ONLY]
+    absent = (set() if variational else VARIATIONAL_ONLY) | (set() if local else LOCAL_ONLY)
+    return [name for name in SCORES if name not in absent]
+
+
+def primary_from(local: bool) -> tuple[str, ...]:
+    """The scores `overall` is the maximum of (each standardised)."""
+    return PRIMARY_FROM if local else PRIMARY_FROM[:1]

@@ -115,7 +115,7 @@ def add_evaluate(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         action="store_true",
         help="train and evaluate one model per class with default settings; print the table",
     )
-    add_config_flags(p, ["model", "epochs", "seed"])
+    add_config_flags(p, ["model", "epochs", "head_steps", "seed"])
     p.add_argument(
         "--classes", type=int, nargs="*", default=None, help="with --all-classes: only these"
     )

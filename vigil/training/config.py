@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil.core.bundle import InputSpec
+from vigil.training.head import HeadConfig
 from vigil.training.models import Kind, ModelConfig
 from vigil.training.train import FitConfig
 
@@ -22,6 +23,8 @@ MIN_STEPS = 1800  # Fashion-MNIST (66 steps an epoch) keeps 30 epochs
 MAX_EPOCHS = 300
 DEFAULT_CAL_FRACTION = 0.2
 MAX_CAL_FRACTION = 0.4
+# Inputs from this size (the shorter side, in pixels) get the local detectors by default.
+LOCAL_MIN_SIDE = 48
 
 
 def option(help: str, **argparse: Any) -> Any:
@@ -98,6 +101,19 @@ class TrainConfig:
         default=None,
     )
     tile_stride: int | None = option("tile stride (default: half the tile)", default=None)
+    local: str = option(
+        "local detectors for small defects: the local anomaly maps (score `local`) and the "
+        f"defect head (`defect`); auto: on for inputs of at least {LOCAL_MIN_SIDE} px a side "
+        "(tiles included), off for smaller ones, whose defects the image-wide scores see",
+        default="auto",
+        choices=("auto", "on", "off"),
+    )
+    head_steps: int = option(
+        "training steps of the defect head (a small segmentation net trained on synthetic "
+        "defects drawn on the normal images; the `defect` score)",
+        default=600,
+    )
+    head_width: int = option("channels of the defect head's first layer", default=16)
     seed: int = option("seed for splits, init and batches", default=0)
     max_images: int | None = option(
         "use at most this many normal images (default: all)", default=None
@@ -135,6 +151,16 @@ class TrainConfig:
     def fit_config(self, train_images: int) -> FitConfig:
         """The training loop's config: the fields it shares with this one, by name."""
         return _derive(FitConfig, self, epochs=self.max_epochs(train_images), beta=self.beta_value)
+
+    def local_detectors(self, spec: InputSpec) -> bool:
+        """Whether the graph gets the local maps and the defect head (--local)."""
+        if self.local == "auto":
+            return min(spec.height, spec.width) >= LOCAL_MIN_SIDE
+        return self.local == "on"
+
+    def head_config(self) -> HeadConfig:
+        """The defect head's training config: the fields it shares with this one, by name."""
+        return _derive(HeadConfig, self)
 
     def model_config(self, spec: InputSpec) -> ModelConfig:
         """The network's config: the fields it shares with this one, the input's shape."""

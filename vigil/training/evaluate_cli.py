@@ -94,6 +94,7 @@ def evaluate_all_classes(args: argparse.Namespace) -> int:
             model=args.model,
             normal_class=k,
             seed=args.seed,
+            head_steps=args.head_steps,
             report=False,
             **extra,
         )

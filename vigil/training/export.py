@@ -35,12 +35,13 @@ class _Flat(nn.Module):
 
 
 def output_names(graph: ScoreGraph) -> list[str]:
+    maps = [ANOMALY_MAP_OUTPUT] if graph.has_local else []
     return [
         *graph.score_names(),
         ERROR_MAP_OUTPUT,
         RECONSTRUCTION_IMAGE_OUTPUT,
         LATENT_OUTPUT,
-        ANOMALY_MAP_OUTPUT,
+        *maps,
     ]
 
 

@@ -18,6 +18,7 @@ from vigil.training.bundle import write_bundle
 from vigil.training.config import TrainConfig
 from vigil.training.data import DataError, Images, infer_spec, read_images, split_indices, to_inputs
 from vigil.training.evaluate import Evaluation, evaluate_bundle
+from vigil.training.head import DefectHead, fit_head
 from vigil.training.models import AutoEncoder
 from vigil.training.report import write_bundle_report
 from vigil.training.scores import ScoreGraph
@@ -106,7 +107,15 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
     train_x, val_x = training_tensors(frames, splits.train, splits.val, inputs, cfg.seed)
     model = AutoEncoder(cfg.model_config(inputs.spec))
     history = fit(model, train_x, val_x, cfg.fit_config(len(train_x)))
-    graph = fit_statistics(ScoreGraph(model), train_x, val_x)
+    local = cfg.local_detectors(inputs.spec)
+    print(describe_local(local, inputs.spec, cfg))
+    head, head_info = None, None
+    if local:
+        head = DefectHead(inputs.spec.channels, cfg.head_width)
+        trained = fit_head(head, train_x, cfg.head_config())
+        head_info = {"steps": trained.steps, "final_loss": round(trained.final_loss, 5),
+                     "seconds": round(trained.seconds, 2)}  # fmt: skip
+    graph = fit_statistics(ScoreGraph(model, head, local=local), train_x, val_x)
     training = {
         "data_source": images.source,
         "normal_class": cfg.normal_class,
@@ -115,6 +124,7 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
         "best_epoch": history.best_epoch,
         "seed": cfg.seed,
         "seconds": round(history.seconds, 2),
+        "head": head_info,
         "device": history.device,
         "config": cfg.as_dict(),
     }
@@ -141,6 +151,14 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
     if cfg.report:
         print(f"report: {cfg.out / 'report' / 'index.html'}")
     return manifest, evaluation
+
+
+def describe_local(local: bool, spec: InputSpec, cfg: TrainConfig) -> str:
+    if local:
+        return (f"local detectors on: local anomaly maps, and a defect head trained for "
+                f"{cfg.head_steps} steps on synthetic defects")  # fmt: skip
+    return (f"local detectors off for {spec.height}x{spec.width} inputs "
+            f"(--local on adds the local maps and the defect head)")  # fmt: skip
 
 
 def training_tensors(

@@ -6,8 +6,11 @@ reproduce; `ssim` is structural; the latent scores (`mahalanobis`, `knn`, `kl`) 
 images that reconstruct well but are coded unlike normal ones; `combined` averages the
 standardised log-scores of both views; `local` (`training.local`) is the maximum of a
 per-pixel anomaly map, so a small defect, or one that removes detail, is not averaged
-away; `overall` takes whichever of `combined` and `local` is stronger (README,
-"Detection quality").
+away; `defect` is the strongest logit of a small segmentation net trained on synthetic
+defects (`training.head`), which sees stains, shifts and missing detail on busy textures
+that the other maps take for normal; `overall` takes whichever of `combined`, `local` and
+`defect` is strongest, each standardised on the validation images (README, "Detection
+quality").
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ from vigil.core.bundle import (
     LATENT_OUTPUT,
     RECONSTRUCTION_IMAGE_OUTPUT,
 )
-from vigil.core.score_names import COMBINED, COMBINED_FROM, LOCAL, PRIMARY, score_names
+from vigil.core.score_names import (
+    COMBINED,
+    COMBINED_FROM,
+    DEFECT,
+    LOCAL,
+    PRIMARY,
+    primary_from,
+    score_names,
+)
 from vigil.training.graph_ops import (
     BLUR_SIGMA,
     BLUR_WINDOW,
@@ -36,6 +47,7 @@ from vigil.training.graph_ops import (
     row_sum,
     ssim_map,
 )
+from vigil.training.head import DefectHead
 from vigil.training.local import LocalMaps
 from vigil.training.models import AutoEncoder, kl_divergence
 
@@ -57,9 +69,17 @@ class ScoreGraph(nn.Module):
     overall_mean: Tensor
     overall_std: Tensor
 
-    def __init__(self, model: AutoEncoder) -> None:
+    def __init__(
+        self, model: AutoEncoder, head: DefectHead | None = None, local: bool = True
+    ) -> None:
+        """`local`: with the local detectors (the local maps and the defect `head`, a fresh
+        one unless given): the scores `local` and `defect` and the `anomaly_map` output."""
         super().__init__()
         self.model = model
+        self.primary_from = primary_from(local)
+        self.head: DefectHead | None = None
+        if local:
+            self.head = head if head is not None else DefectHead(model.cfg.channels).eval()
         cfg = model.cfg
         self.variational = cfg.variational
         h, w = cfg.height, cfg.width
@@ -71,17 +91,24 @@ class ScoreGraph(nn.Module):
         self.register_buffer("knn_bank_sq", torch.zeros(KNN_K))
         self.register_buffer("latent_mean", torch.zeros(d))
         self.register_buffer("latent_precision", torch.eye(d))
-        self.local = LocalMaps(cfg.channels, h, w)
+        self.local = LocalMaps(cfg.channels, h, w) if local else None
         self.register_buffer("log_mean", torch.zeros(len(COMBINED_FROM)))
         self.register_buffer("log_std", torch.ones(len(COMBINED_FROM)))
-        self.register_buffer("overall_mean", torch.zeros(2))
-        self.register_buffer("overall_std", torch.ones(2))
+        self.register_buffer("overall_mean", torch.zeros(len(self.primary_from)))
+        self.register_buffer("overall_std", torch.ones(len(self.primary_from)))
+
+    @property
+    def has_local(self) -> bool:
+        return self.local is not None
 
     def score_names(self) -> list[str]:
-        return score_names(self.variational)
+        return score_names(self.variational, self.has_local)
 
-    def raw_scores(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor]:
-        """Scores before `combined`, the error map, x_hat, the code and the anomaly map."""
+    def raw_scores(
+        self, x: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor | None]:
+        """Scores before `combined`, the error map, x_hat, the code and the maps [N, 2, H, W]
+        (the local map, the defect logits) that `local` and `defect` are the maxima of."""
         mu, logvar = self.model.encode(x)
         x_hat = self.model.decode(mu)
         sq = (x - x_hat).pow(2)
@@ -93,13 +120,18 @@ class ScoreGraph(nn.Module):
             "mahalanobis": row_mean(centred @ self.latent_precision * centred),
             "knn": self.knn_distance(mu),
         }
-        maps = self.local(x, x_hat)
-        anomaly_map = torch.maximum(torch.maximum(maps[:, :1], maps[:, 1:2]), maps[:, 2:3])
-        scores[LOCAL] = anomaly_map.flatten(1).amax(1)  # a max is exact in any order
+        maps = None
+        if self.local is not None and self.head is not None:
+            local = self.local(x, x_hat)
+            local_map = torch.maximum(torch.maximum(local[:, :1], local[:, 1:2]), local[:, 2:3])
+            defect_map = self.head(x)
+            scores[LOCAL] = local_map.flatten(1).amax(1)  # a max is exact in any order
+            scores[DEFECT] = defect_map.flatten(1).amax(1)
+            maps = torch.cat([local_map, defect_map], 1)
         if logvar is not None:
             # kl_divergence on zero-padded rows: a padded (0, 0) adds exactly 0
             scores["kl"] = kl_divergence(packed_rows(mu), packed_rows(logvar))
-        return scores, sq.mean(1, keepdim=True), x_hat, mu, anomaly_map
+        return scores, sq.mean(1, keepdim=True), x_hat, mu, maps
 
     def knn_distance(self, mu: Tensor) -> Tensor:
         """Mean distance to the KNN_K nearest training codes (matmul + TopK: exportable)."""
@@ -118,16 +150,18 @@ class ScoreGraph(nn.Module):
         return row_mean((self.log_scores(scores) - self.log_mean) / self.log_std)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        scores, error_map, x_hat, mu, anomaly_map = self.raw_scores(x)
+        scores, error_map, x_hat, mu, maps = self.raw_scores(x)
         scores[COMBINED] = self.combine(scores)
         scores[PRIMARY] = self.overall(scores)
-        return {
+        out = {
             **scores,
             ERROR_MAP_OUTPUT: error_map,
             RECONSTRUCTION_IMAGE_OUTPUT: x_hat,
             LATENT_OUTPUT: mu,
-            ANOMALY_MAP_OUTPUT: anomaly_map,
         }
+        if maps is not None:
+            out[ANOMALY_MAP_OUTPUT] = self.anomaly_map(maps)
+        return out
 
     @torch.no_grad()
     def fit_latent_density(self, mu: Tensor) -> None:
@@ -158,21 +192,29 @@ class ScoreGraph(nn.Module):
                 b = b.to(device)
                 yield b, self.model.decode(self.model.encode(b)[0])
 
-        self.local.fit_gaussians(lambda: pairs(train))
-        self.local.fit_standardisation(torch.cat([self.local.distances(*p) for p in pairs(val)]))
+        if self.local is None:
+            return
+        local = self.local
+        local.fit_gaussians(lambda: pairs(train))
+        local.fit_standardisation(torch.cat([local.distances(*p) for p in pairs(val)]))
 
     @torch.no_grad()
     def fit_standardisation(self, scores: dict[str, Tensor]) -> None:
         logs = self.log_scores(scores)
         self.log_mean.copy_(logs.mean(0))
         self.log_std.copy_(logs.std(0).clamp_min(1e-6))
-        both = torch.stack([self.combine(scores), scores[LOCAL]], dim=1)
-        self.overall_mean.copy_(both.mean(0))
-        self.overall_std.copy_(both.std(0).clamp_min(1e-6))
+        parts = torch.stack([self.combine(scores), *(scores[n] for n in self.primary_from[1:])], 1)
+        self.overall_mean.copy_(parts.mean(0))
+        self.overall_std.copy_(parts.std(0).clamp_min(1e-6))
 
     def overall(self, scores: dict[str, Tensor]) -> Tensor:
-        """max of `combined` and `local`, each standardised on the validation images."""
-        z = (torch.stack([scores[COMBINED], scores[LOCAL]], dim=1) - self.overall_mean) / (
-            self.overall_std
-        )
-        return torch.maximum(z[:, 0], z[:, 1])  # a max is exact: batch-invariant
+        """max of `combined`, `local` and `defect`, each standardised on the validation images."""
+        parts = torch.stack([scores[n] for n in self.primary_from], dim=1)
+        return ((parts - self.overall_mean) / self.overall_std).amax(1)  # exact: batch-invariant
+
+    def anomaly_map(self, maps: Tensor) -> Tensor:
+        """[N, 1, H, W]: the local map and the defect logits in the units of `overall`, the
+        larger of the two per pixel; its maximum is the larger of `local`'s and `defect`'s z."""
+        mean, std = self.overall_mean[1:].view(1, 2, 1, 1), self.overall_std[1:].view(1, 2, 1, 1)
+        z = (maps - mean) / std
+        return torch.maximum(z[:, :1], z[:, 1:])

@@ -56,7 +56,19 @@ export function renderEntry(entry, model) {
     return;
   }
   renderScores(li, entry.result, model);
-  renderMaps(li, entry);
+  renderMaps(li, entry, model);
+}
+
+// What /score's heatmap is: the bundle's anomaly map where its graph has one (schema 2: the
+// local map, and the defect head's where there is one, in standardised units), else the
+// squared reconstruction error.
+const MAPS = {
+  anomaly: { scale: "anomaly map", caption: "Anomaly map over input", alt: "anomaly map" },
+  error: { scale: "squared error", caption: "Error over input", alt: "per-pixel reconstruction error" },
+};
+
+function mapKind(model) {
+  return model.onnx?.outputs?.includes("anomaly_map") ? MAPS.anomaly : MAPS.error;
 }
 
 function renderScores(li, result, model) {
@@ -98,8 +110,9 @@ function renderScores(li, result, model) {
   q(".all-scores").hidden = false;
 }
 
-function renderMaps(li, entry) {
+function renderMaps(li, entry, model) {
   const q = (selector) => li.querySelector(selector);
+  entry.maps.kind = mapKind(model);
   if (entry.maps.reconstruction) {
     const recon = q(".reconstruction img");
     if (!recon.src) {
@@ -110,6 +123,7 @@ function renderMaps(li, entry) {
   if (entry.maps.heat) {
     drawOverlay(entry);
     q(".scale").hidden = false;
+    q(".scale-title").textContent = entry.maps.kind.scale;
     q(".scale-max").textContent = num(entry.maps.heatmapMax, 3);
   }
 }
@@ -118,9 +132,10 @@ export function drawOverlay(entry) {
   if (!entry.maps.heat || !entry.card) return;
   const img = entry.card.querySelector(".heatmap img");
   img.src = overlay(entry.maps.view, entry.maps.heat, entry.opacity);
-  img.alt = `per-pixel reconstruction error of ${entry.file.name} over the input; brighter is larger`;
+  const kind = entry.maps.kind || MAPS.error;
+  img.alt = `${kind.alt} of ${entry.file.name} over the input; brighter is larger`;
   const caption = entry.card.querySelector(".heatmap figcaption");
-  caption.textContent = entry.maps.view ? "Error over input" : "Error (input not viewable)";
+  caption.textContent = entry.maps.view ? kind.caption : `${kind.caption.split(" over ")[0]} (input not viewable)`;
 }
 
 const ORDERS = {
