@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, save, table
 from vigil.training.config import TrainConfig
-from vigil.training.evaluate import evaluate_bundle, one_class_split
+from vigil.training.evaluate import evaluate_bundle
+from vigil.training.evaluate_cli import one_class_split
 from vigil.training.pipeline import run
 
 

@@ -258,6 +258,8 @@ def test_vigil_score_needs_no_torch(vae_bundle: Path, tmp_path: Path) -> None:
     assert pq.read_table(tmp_path / "o.parquet").num_rows == 2 + 4 + 3
 
 
+# The session's tiled bundle is trained in the first test that asks for it (~2-4 min).
+@pytest.mark.timeout(600)
 @pytest.mark.anyio
 async def test_a_tiled_bundle_scores_frames_by_their_tiles_as_the_service_does(
     tiled_bundle: Path, tmp_path: Path

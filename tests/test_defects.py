@@ -80,7 +80,7 @@ def test_a_trained_head_finds_a_spot_it_never_saw() -> None:
     clean stripes."""
     normal = stripes(400)
     head = DefectHead(1, width=8)
-    history = fit_head(head, normal, HeadConfig(head_steps=150, batch_size=16, progress=False))
+    history = fit_head(head, normal, HeadConfig(head_steps=150, head_batch=16, progress=False))
     assert history.steps == 150 and np.isfinite(history.final_loss)
     test = stripes(40, seed=9)
     yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")

@@ -182,6 +182,8 @@ def test_schema_1_bundles_still_load_and_unknown_versions_fail_clearly(ae_bundle
         read_manifest(old)
 
 
+# The session's tiled bundle is trained in the first test that asks for it (~2-4 min).
+@pytest.mark.timeout(600)
 @pytest.mark.slow
 def test_large_images_are_tiled_by_default_end_to_end(tiled_bundle: Path) -> None:
     """160x160 frames: tiles of 64 at stride 32 (16 a frame); evaluation and calibration per

@@ -255,8 +255,11 @@ async def test_target_fpr_rederives_thresholds(vae: httpx.AsyncClient, vae_bundl
     assert loose["target_fpr"] == 0.4
     before, after = default["results"][0], loose["results"][0]
     assert before["scores"] == after["scores"] and before["p_values"] == after["p_values"]
-    assert all(after["thresholds"][k] <= before["thresholds"][k] for k in before["thresholds"])
-    assert any(after["thresholds"][k] < before["thresholds"][k] for k in before["thresholds"])
+    # a score the graph lacks (the local ones on a 28x28 model) has no threshold at any target
+    present = [k for k, v in before["scores"].items() if v is not None]
+    assert {k for k, v in after["thresholds"].items() if v is not None} == set(present)
+    assert all(after["thresholds"][k] <= before["thresholds"][k] for k in present)
+    assert any(after["thresholds"][k] < before["thresholds"][k] for k in present)
 
 
 async def test_target_fpr_default_from_settings(vae_bundle: Path) -> None:

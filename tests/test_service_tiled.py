@@ -28,6 +28,8 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# The session's tiled bundle is trained in the first test that asks for it (~2-4 min).
+@pytest.mark.timeout(600)
 async def test_tiled_bundle_served_with_the_same_scores_and_a_full_size_heatmap(
     tiled_bundle: Path,
 ) -> None:

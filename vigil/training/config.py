@@ -113,7 +113,7 @@ class TrainConfig:
         "defects drawn on the normal images; the `defect` score)",
         default=600,
     )
-    head_width: int = option("channels of the defect head's first layer", default=16)
+    head_width: int = option("channels of the defect head's first layer", default=8)
     seed: int = option("seed for splits, init and batches", default=0)
     max_images: int | None = option(
         "use at most this many normal images (default: all)", default=None
