@@ -4,9 +4,10 @@
 
 Without --full, the sizes of the test suite's short forms. Needs a bundle (default
 models/default: `./vigil.sh train`). Prints a table per check, writes
-benchmarks/results/reliability.json (after each check; `complete` once all ran), and exits
-1 if any check failed. Only 127.0.0.1 is loaded; every check is bounded in requests and
-time. The checks whose figures are timings (soak, sigterm, slow_clients) hold the lock
+benchmarks/results/reliability.json (after each check; `complete` once every check has a
+full-form entry, from one run or from several `--only` runs, and `ok` once each of those
+passed), and exits 1 if any check failed. Only 127.0.0.1 is loaded; every check is bounded
+in requests and time. The checks whose figures are timings (soak, sigterm, slow_clients) hold the lock
 file /tmp/vigil-bench.lock while they run, so that they never overlap another benchmark
 that takes it (`--lock ''`: no lock); the fuzzers and the rest run without it.
 """
@@ -186,8 +187,9 @@ def save_full(results: dict[str, Any], bundle: Path, size: dict[str, int], parti
     if partial and RESULT.exists():
         previous = json.loads(RESULT.read_text())
         checks = {name: previous[name] for name in CHECKS if name in previous} | results
-    complete = set(checks) == set(CHECKS)
-    save("reliability", {"form": "full", "complete": complete, "bundle": str(bundle), "sizes": size, **checks})  # fmt: skip
+    complete = set(checks) == set(CHECKS)  # every check has a full-form entry...
+    passed = complete and all(check["ok"] for check in checks.values())  # ...and each is ok
+    save("reliability", {"form": "full", "complete": complete, "ok": passed, "bundle": str(bundle), "sizes": size, **checks})  # fmt: skip
 
 
 def main() -> int:
