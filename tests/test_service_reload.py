@@ -137,6 +137,10 @@ FAILED_RELOADS = {
     "control character": ({"bundle": "\x1e"}, 404, "bundle_not_found", "not a bundle"),
     "bad body": ({"bundel": "a"}, 422, "invalid_request", "bundle"),
     "bad path type": ({"bundle": 3}, 422, "invalid_request", "bundle"),
+    # found by the full schema fuzz: a folder with no manifest (the models folder itself)
+    # was 422 invalid_bundle for a schema-valid path; it is no bundle, as a missing one
+    "models folder itself": ({"bundle": "."}, 404, "bundle_not_found", "no manifest.json"),
+    "folder without a manifest": ({"bundle": "a/.."}, 404, "bundle_not_found", "no manifest"),
 }
 
 

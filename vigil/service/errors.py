@@ -38,7 +38,7 @@ ERROR_CODES: dict[str, Code] = {
     "bundle_path_forbidden": Code(403, "reload from a path outside VIGIL_MODELS_DIR"),
     "forbidden": Code(403, "any other forbidden request"),
     "not_found": Code(404, "unknown route"),
-    "bundle_not_found": Code(404, "reload from a path that is not a directory"),
+    "bundle_not_found": Code(404, "reload from a path that holds no bundle (no manifest.json)"),
     "method_not_allowed": Code(405, "known route, wrong method (`Allow` lists the right ones)"),
     "body_too_large": Code(413, "body over VIGIL_MAX_BODY_BYTES (Content-Length or streamed)"),
     "too_many_files": Code(413, "more than VIGIL_MAX_FILES files in one request"),

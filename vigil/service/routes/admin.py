@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import Response
 
+from vigil.core.bundle import MANIFEST_FILE
 from vigil.service.errors import ApiError
 from vigil.service.model import ModelHolder
 from vigil.service.responses import json_response
@@ -57,7 +58,7 @@ def router(settings: Settings, holder: ModelHolder) -> APIRouter:
         {
             401: "missing or wrong bearer token",
             403: "admin disabled (no token configured), or a path outside the models directory",
-            404: "no such bundle directory",
+            404: "no bundle directory there (no folder, or no manifest.json in it)",
             422: "invalid request body or invalid bundle",
             503: "the required execution provider is not available",
         }
@@ -141,6 +142,10 @@ def bundle_path(requested: str | None, current: Path | None, root: Path | None) 
     try:
         inside = candidate.resolve().is_relative_to(root)
         is_dir = inside and candidate.is_dir()
+        # A bundle is a folder with a manifest: a folder without one (the models folder
+        # itself, `.`) is no bundle, 404 as a missing one; a manifest that fails validation
+        # is an invalid bundle (422, from the load).
+        has_manifest = is_dir and (candidate / MANIFEST_FILE).is_file()
     except OSError as exc:  # a name too long, a symlink loop, no permission
         raise ApiError("bundle_not_found", f"{requested[:200]}: {exc.strerror}") from exc
     if not inside:
@@ -150,4 +155,6 @@ def bundle_path(requested: str | None, current: Path | None, root: Path | None) 
         )
     if not is_dir:
         raise ApiError("bundle_not_found", f"{requested} is not a bundle directory")
+    if not has_manifest:
+        raise ApiError("bundle_not_found", f"{requested} is not a bundle directory: no {MANIFEST_FILE}")  # fmt: skip
     return candidate
