@@ -129,8 +129,18 @@ FAILED_RELOADS = {
     "relative path outside": ({"bundle": "../elsewhere"}, 403, "bundle_path_forbidden", "outside"),
     "symlink outside": ({"bundle": "escape"}, 403, "bundle_path_forbidden", "outside"),
     "missing": ({"bundle": "nope"}, 404, "bundle_not_found", "nope"),
+    # found while fuzzing the admin route (they were 500s)
+    "NUL byte": ({"bundle": "a\x00b"}, 422, "invalid_request", "NUL"),
+    "name too long": ({"bundle": "a" * 5000}, 404, "bundle_not_found", "too long"),
+    # found by schemathesis: the route and the schema disagreed on these
+    "blank path": ({"bundle": " \t"}, 422, "invalid_request", "non-blank"),
+    "control character": ({"bundle": "\x1e"}, 404, "bundle_not_found", "not a bundle"),
     "bad body": ({"bundel": "a"}, 422, "invalid_request", "bundle"),
     "bad path type": ({"bundle": 3}, 422, "invalid_request", "bundle"),
+    # found by the full schema fuzz: a folder with no manifest (the models folder itself)
+    # was 422 invalid_bundle for a schema-valid path; it is no bundle, as a missing one
+    "models folder itself": ({"bundle": "."}, 404, "bundle_not_found", "no manifest.json"),
+    "folder without a manifest": ({"bundle": "a/.."}, 404, "bundle_not_found", "no manifest"),
 }
 
 
@@ -146,8 +156,9 @@ async def test_failed_reloads_keep_the_old_model(models: Path) -> None:
             load_failures += code == "invalid_bundle"
             assert holder_of(app).current is model, case
             assert (await client.post("/score", files=files(("x.png", GOOD)))).status_code == 200
-        response = await client.post("/admin/reload", content=b"{not json", headers=AUTH)
-        assert response.json()["error"]["code"] == "invalid_request"
+        for body in (b"{not json", b"\x0c"):  # a blank body is not "no body" (schemathesis)
+            response = await client.post("/admin/reload", content=body, headers=AUTH)
+            assert response.json()["error"]["code"] == "invalid_request", body
         samples = metric_samples((await client.get("/metrics")).text)
         assert metric(samples, "vigil_reloads_total", outcome="failure") == load_failures == 3
         assert metric(samples, "vigil_reloads_total", outcome="success") == 0
@@ -159,7 +170,7 @@ async def test_reload_without_body_reloads_the_current_path(models: Path) -> Non
         first = holder_of(app).current
         response = await client.post("/admin/reload", headers=AUTH)
         assert response.status_code == 200, response.text
-        assert response.json()["bundle"] == str(models / "a")
+        assert response.json()["bundle"] == "a"  # relative to the models folder: no server path
         assert holder_of(app).current is not first
         absolute = await client.post(
             "/admin/reload", json={"bundle": str(models / "b")}, headers=AUTH

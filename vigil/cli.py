@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     try:
         code = int(args.run(args))
-    except (VigilError, FileNotFoundError) as exc:
+    except (VigilError, OSError) as exc:  # OSError: a missing file, a full disk, ...
         print(f"vigil {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:

@@ -6,12 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from vigil.batch import inputs
@@ -19,6 +16,7 @@ from vigil.batch.local import LocalJob, default_workers, score_local
 from vigil.batch.scoring import Model, Options, open_model
 from vigil.batch.summary import Summary
 from vigil.core.errors import VigilError
+from vigil.core.interrupts import sigterm_interrupts
 from vigil.service.settings import DEFAULT_PROVIDERS, Settings
 
 LOCAL = "local"
@@ -82,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     model = open_model(args.bundle, options)
     summary = Summary(model.target_fpr)
     started = time.perf_counter()
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         if args.ray is None:
             _local(args, model, sources, summary)
         else:
@@ -153,17 +151,3 @@ def _load_ray(args: argparse.Namespace) -> RayRunner:
         raise VigilError("--ray needs Ray Data, from the ray extra: pip install -e "
                          "'.[ray,cpu]' (or pip install 'ray[data]')", "missing_extra") from exc  # fmt: skip
     return runner
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a scheduler stopping the job) cleans up like Ctrl-C: no partial file is left."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

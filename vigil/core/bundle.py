@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -213,8 +214,16 @@ def read_manifest(bundle: Path) -> Manifest:
     if not path.is_file():
         raise BundleError(f"bundle {bundle} has no {MANIFEST_FILE}")
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        text = path.read_text()
+    except OSError as exc:
+        raise BundleError(f"{path} is not readable JSON: {exc}") from exc
+    return _parse_manifest(text, path)
+
+
+def _parse_manifest(text: str, path: Path) -> Manifest:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise BundleError(f"{path} is not readable JSON: {exc}") from exc
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version not in READABLE_VERSIONS:
@@ -246,9 +255,48 @@ def load_bundle(bundle: Path) -> tuple[Manifest, Path]:
     return manifest, model_path
 
 
+def read_bundle(bundle: Path) -> tuple[Manifest, bytes]:
+    """`load_bundle`'s checks on one consistent view of the bundle, for a service that may
+    load it while `vigil train` or `vigil calibrate --out` replaces it (`core.publish`):
+    the manifest and the graph are read through one open handle on the folder, so both
+    come from the same version, and the checksum is computed on the very bytes returned,
+    which the session is then created from. Returns the manifest and the ONNX graph."""
+    try:
+        folder = os.open(bundle, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise BundleError(f"bundle {bundle} is not a directory") from exc
+    try:
+        manifest = _parse_manifest(_read_in(folder, MANIFEST_FILE, bundle).decode(), Path(bundle) / MANIFEST_FILE)  # fmt: skip
+        graph = _read_in(folder, manifest.onnx.file, bundle)
+    finally:
+        os.close(folder)
+    actual = hashlib.sha256(graph).hexdigest()
+    if actual != manifest.onnx.sha256:
+        raise BundleError(
+            f"{Path(bundle) / manifest.onnx.file} has sha256 {actual[:12]}…, the manifest "
+            f"expects {manifest.onnx.sha256[:12]}…: the file was changed or is incomplete"
+        )
+    return manifest, graph
+
+
+def _read_in(folder: int, name: str, bundle: Path) -> bytes:
+    """The file `name` of the open folder `folder` (no path lookup outside it)."""
+    if "/" in name or name in ("", ".", ".."):
+        raise BundleError(f"bundle {bundle}: {name!r} is not a file name")
+    try:
+        fd = os.open(name, os.O_RDONLY, dir_fd=folder)
+    except OSError as exc:
+        raise BundleError(f"bundle {bundle} has no {name}") from exc
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
 def write_manifest(bundle: Path, manifest: Manifest) -> Path:
     path = Path(bundle) / MANIFEST_FILE
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=1) + "\n")
+    with tmp.open("w") as f:
+        f.write(json.dumps(manifest.model_dump(mode="json"), indent=1) + "\n")
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename: a power cut leaves old or new
     tmp.replace(path)  # atomic: a reader never sees half a manifest
     return path

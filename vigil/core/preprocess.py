@@ -16,6 +16,12 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from vigil.core.bundle import InputSpec
 from vigil.core.errors import VigilError
 
+# The formats decoded; anything else is `not_an_image`. Pillow reads some forty formats,
+# each decoder an attack surface for a hostile upload (EPS even runs Ghostscript where it
+# is installed); cameras and image folders need these: PNG, JPEG (and its MPO variant),
+# BMP, GIF, TIFF, WebP, and PBM/PGM/PPM.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+
 
 class ImageError(VigilError, ValueError):
     """An input that is not a usable image; `code` says how (not_an_image, corrupt_image, ...)."""
@@ -36,7 +42,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError(
@@ -44,17 +50,44 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
                     f"the image is {width}x{height} = {width * height} pixels; "
                     f"the limit is {max_pixels}",
                 )
+            _check_tiles(image, max_pixels)
             image.load()
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError("too_many_pixels", f"refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError("not_an_image", "the file is not an image format Vigil can read") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        # Pillow signals truncated or corrupt data with OSError / SyntaxError.
+        raise ImageError(
+            "not_an_image",
+            f"the file is not an image in a format Vigil reads ({', '.join(FORMATS)})",
+        ) from exc
+    except MemoryError:
+        raise  # not the file's fault alone: a limit failed to hold; answered as a bug (500)
+    except Exception as exc:
+        # Pillow signals truncated or corrupt data with OSError / SyntaxError / ValueError,
+        # but fuzzed files also reach TypeError, struct.error and the like in its format
+        # plugins (tests/data/fuzz/): malformed all the same, never a server error.
         raise ImageError("corrupt_image", f"the image could not be decoded: {exc}") from exc
     return _upright(image)
+
+
+def _check_tiles(image: Image.Image, max_pixels: int) -> None:
+    """Refuse a TIFF whose tiles are over the pixel limit, whatever the image's own size.
+
+    libtiff allocates a whole tile to decode it: a 16x16 TIFF of a few hundred bytes that
+    declares 32768x32768 tiles took 1 GiB before failing (found by the image fuzzer,
+    tests/data/fuzz/). Strips need no check: libtiff bounds them by the image's height.
+    """
+    tags = getattr(image, "tag_v2", None)
+    if tags is None or 322 not in tags:  # TileWidth: a tiled TIFF
+        return
+    width, height = int(tags.get(322, 0)), int(tags.get(323, 0))  # TileWidth, TileLength
+    if width * height > max_pixels:
+        raise ImageError(
+            "too_many_pixels",
+            f"the image's tiles are {width}x{height} = {width * height} pixels; "
+            f"the limit is {max_pixels}",
+        )
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -127,8 +160,10 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit and float images: scale to 8 bits rather than clip.
+        # 16-bit and float images: scale to 8 bits rather than clip. NaN, infinities and
+        # negative values (float or signed TIFFs) count as 0: cast to uint8 they would wrap.
         values = np.asarray(image, dtype=np.float64)
+        values = np.clip(np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0), 0.0, None)
         top = float(values.max()) or 1.0
         return Image.fromarray(np.round(values / top * 255).astype(np.uint8))
     return image

@@ -23,7 +23,7 @@ class ProviderError(VigilError, RuntimeError):
 
 
 def create_session(
-    model_path: Path,
+    model: Path | bytes,
     providers: Sequence[str] = ("CUDAExecutionProvider", "CPUExecutionProvider"),
     intra_op_threads: int = 0,
     require: str | None = None,
@@ -48,7 +48,8 @@ def create_session(
     options.log_severity_level = 3
     if not allow_spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(model_path), sess_options=options, providers=wanted)
+    source = model if isinstance(model, bytes) else str(model)  # a file, or the graph itself
+    session = ort.InferenceSession(source, sess_options=options, providers=wanted)
     actual = session.get_providers()
     log.info("ONNX Runtime session on %s (asked for %s)", actual[0], list(providers))
     if require and actual[0] != require:

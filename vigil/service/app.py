@@ -15,10 +15,12 @@ torch.
 from __future__ import annotations
 
 from importlib import metadata
+from typing import Any
 
 from fastapi import FastAPI
 
 from vigil.service import errors, openapi
+from vigil.service.drain import Drain
 from vigil.service.lifespan import Lifespan
 from vigil.service.metrics import Metrics
 from vigil.service.middleware import BodyLimit, FastRoute, RequestMetrics
@@ -47,7 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI app for `settings` (default: from the environment)."""
     settings = settings if settings is not None else Settings()
     metrics = Metrics(settings.max_batch)
-    holder = ModelHolder(settings, metrics)
+    drain = Drain()  # begun by `vigil serve`'s server on SIGTERM
+    holder = ModelHolder(settings, metrics, drain)
     lifespan = Lifespan(settings, holder)
     app = FastAPI(title="Vigil", version=_version(), description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
@@ -57,12 +60,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(probes.router(holder, metrics))
     app.include_router(admin.router(settings, holder))
     app.include_router(page.router(holder))  # GET /: the page to try the model in a browser
-    openapi.install(app, {score.ROUTE: {"post": score.OPERATION}}, [ScoreResponse])
+    openapi.install(app, lambda: score_paths(settings, holder), [ScoreResponse])
 
     # add_middleware wraps what is there: the last added runs first.
     app.add_middleware(FastRoute, route=score_route)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(RequestMetrics, metrics=metrics, drain=drain)
     app.state.lifespan = lifespan
+    app.state.drain = drain
     app.state.holder = holder
     return app
+
+
+def score_paths(settings: Settings, holder: ModelHolder) -> dict[str, dict[str, Any]]:
+    """POST /score's operation as this service serves it now (limits, the model's range)."""
+    model = holder.current
+    fpr_range = model.judge.fpr_range if model is not None else None
+    return {score.ROUTE: {"post": score.operation(settings.max_files, fpr_range)}}

@@ -22,7 +22,9 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from vigil.core.bundle import BundleError, load_bundle
+from vigil.service import protocol
 from vigil.service.app import create_app
+from vigil.service.drain import DrainingServer
 from vigil.service.settings import Settings
 
 ENV_ONLY = frozenset({"admin_token"})
@@ -100,7 +102,7 @@ def serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    http = "httptools"  # uvicorn[standard] brings it; `protocol` bounds request heads on it
     logging.getLogger("vigil.cli").info(
         "serving %s on http://%s:%d with one worker (%s, %s)",
         settings.bundle,
@@ -109,19 +111,20 @@ def serve(args: argparse.Namespace) -> int:
         loop,
         http,
     )
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         workers=1,  # one worker per process, by design: batching happens inside it
         loop=loop,
-        http=http,
+        http=protocol.limited(settings.max_header_bytes),
         lifespan="on",
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app.state.drain, settings.drain_s, settings.shutdown_timeout_s)
     server.run()
     return 0 if server.started else 1

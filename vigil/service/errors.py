@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from vigil.core import redact
 from vigil.core.errors import VigilError
 from vigil.service.responses import dumps, json_response
 
@@ -37,13 +38,15 @@ ERROR_CODES: dict[str, Code] = {
     "bundle_path_forbidden": Code(403, "reload from a path outside VIGIL_MODELS_DIR"),
     "forbidden": Code(403, "any other forbidden request"),
     "not_found": Code(404, "unknown route"),
-    "bundle_not_found": Code(404, "reload from a path that is not a directory"),
+    "bundle_not_found": Code(404, "reload from a path that holds no bundle (no manifest.json)"),
     "method_not_allowed": Code(405, "known route, wrong method (`Allow` lists the right ones)"),
     "body_too_large": Code(413, "body over VIGIL_MAX_BODY_BYTES (Content-Length or streamed)"),
     "too_many_files": Code(413, "more than VIGIL_MAX_FILES files in one request"),
     "too_many_pixels": Code(413, "an image over VIGIL_MAX_IMAGE_PIXELS, decompression bombs"),
     "unsupported_media_type": Code(415, "body neither multipart/form-data nor an image type"),
-    "not_an_image": Code(415, "a file Pillow does not recognise as an image"),
+    "not_an_image": Code(
+        415, "not an image in an accepted format (PNG, JPEG, BMP, GIF, TIFF, ...)"
+    ),
     "corrupt_image": Code(422, "a recognised image that cannot be decoded (e.g. truncated)"),
     "empty_file": Code(422, "a zero-byte file"),
     "unsupported_image": Code(422, "decodes, but cannot be converted to the model's colour mode"),
@@ -51,8 +54,9 @@ ERROR_CODES: dict[str, Code] = {
     "invalid_target_fpr": Code(422, "`target_fpr` not a number or outside the calibrated range"),
     "invalid_request": Code(422, "any other invalid parameter or JSON body"),
     "invalid_bundle": Code(422, "reload of a bundle that fails validation (manifest, sha256)"),
+    "headers_too_large": Code(431, "request line and headers over VIGIL_MAX_HEADER_BYTES"),
     "internal_error": Code(500, "a bug: logged with its traceback"),
-    "not_ready": Code(503, "no model loaded (yet), or it is being unloaded"),
+    "not_ready": Code(503, "no model loaded (yet), or it is being unloaded; /readyz: draining"),
     "inference_failed": Code(503, "ONNX Runtime failed on the request's batch (logged); retry"),
     "provider_unavailable": Code(503, "VIGIL_REQUIRE_GPU is set but the session is not on CUDA"),
     "overloaded": Code(
@@ -102,7 +106,8 @@ class ApiError(Exception):
 
 
 def error_body(code: str, message: str, filename: str | None = None) -> bytes:
-    error: dict[str, str] = {"code": code, "message": message}
+    """The one error shape; filesystem paths in `message` are shown by their last name."""
+    error: dict[str, str] = {"code": code, "message": redact.text(message)}
     if filename is not None:
         error["filename"] = filename[:MAX_FILENAME]
     return dumps({"error": error})

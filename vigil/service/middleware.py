@@ -1,7 +1,8 @@
 """The ASGI middleware every HTTP request passes, outermost first (see `app.create_app`):
 
 1. `RequestMetrics`: count and time the request by route template and status; a bug
-   (an unexpected exception) is logged and answered 500 in the one error shape.
+   (an unexpected exception) is logged and answered 500 in the one error shape; while
+   the service drains after SIGTERM, every answer says `Connection: close`.
 2. `BodyLimit`: a body over the limit is refused (413) before it is read.
 3. `FastRoute`: POST /score goes straight to its endpoint, skipping the router walk.
 """
@@ -14,11 +15,13 @@ import time
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vigil.service.drain import Drain
 from vigil.service.errors import ApiError, error_body
 from vigil.service.metrics import UNMATCHED, Metrics
 from vigil.service.responses import send_json
 
 log = logging.getLogger("vigil.app")
+CONNECTION_CLOSE = (b"connection", b"close")
 
 
 class RequestMetrics:
@@ -29,12 +32,14 @@ class RequestMetrics:
     the router or by `FastRoute`), `unmatched` for unknown paths: no label grows unbounded.
     The 500 is answered here, not by Starlette's handler (plain text, and blind to the
     raw-ASGI /score path); one layer does both because each layer costs a share of a
-    one-image request.
+    one-image request. For the same reason it also marks answers `Connection: close`
+    during a drain (`service.drain`): uvicorn then closes each connection after its answer.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, drain: Drain) -> None:
         self.app = app
         self.metrics = metrics
+        self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,6 +52,9 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if self.drain.active:
+                    headers = [*message.get("headers", ()), CONNECTION_CLOSE]
+                    message = {**message, "headers": headers}
             await send(message)
 
         try:

@@ -30,7 +30,7 @@ from vigil.core.bundle import (
     BundleError,
     InputSpec,
     Manifest,
-    load_bundle,
+    read_bundle,
 )
 from vigil.core.calibration import CalibrationError
 from vigil.core.errors import VigilError
@@ -38,6 +38,7 @@ from vigil.core.runtime import ProviderError, check_graph, create_session, run
 from vigil.core.verdicts import Judge
 from vigil.service.admission import Admission
 from vigil.service.batching import Batcher, BatchObserver, Outputs
+from vigil.service.drain import Drain
 from vigil.service.metrics import Metrics
 from vigil.service.settings import GPU_PROVIDER, Settings
 
@@ -106,8 +107,8 @@ def load_model(path: Path, settings: Settings, observer: BatchObserver | None) -
     saying what is wrong.
     """
     started = time.perf_counter()
-    manifest, model_path = load_bundle(path)
-    session = _open_session(model_path, settings)
+    manifest, graph = read_bundle(path)  # one consistent view, even during a publish
+    session = _open_session(graph, path, settings)
     check_graph(session, manifest)
     judge = Judge(manifest)
     target_fpr = _default_target_fpr(judge, settings)
@@ -139,10 +140,10 @@ def load_model(path: Path, settings: Settings, observer: BatchObserver | None) -
     )
 
 
-def _open_session(model_path: Path, settings: Settings) -> ort.InferenceSession:
+def _open_session(graph: bytes, path: Path, settings: Settings) -> ort.InferenceSession:
     try:
         return create_session(
-            model_path,
+            graph,
             settings.provider_list,
             settings.intra_op_threads or service_threads(),
             require=settings.required_provider,
@@ -151,7 +152,7 @@ def _open_session(model_path: Path, settings: Settings) -> ort.InferenceSession:
     except VigilError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
-        raise BundleError(f"ONNX Runtime cannot load {model_path}: {exc}") from exc
+        raise BundleError(f"ONNX Runtime cannot load the graph of {path}: {exc}") from exc
 
 
 def service_threads() -> int:
@@ -201,9 +202,10 @@ def _warm_up(batcher: Batcher, spec: InputSpec, every_shape: bool) -> float:
 class ModelHolder:
     """The current model, leases on it, the reload lock, and readiness."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, drain: Drain | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.drain = drain if drain is not None else Drain()
         self.current: LoadedModel | None = None
         self.path: Path | None = settings.bundle  # what SIGHUP and a bare reload load
         # Why there is no model; read only while `current` is None.
@@ -212,7 +214,7 @@ class ModelHolder:
         self.first_load = asyncio.Event()  # set once the start-up load has finished or failed
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
-        metrics.ready.set_function(lambda: 0.0 if self.not_ready else 1.0)
+        metrics.ready.set_function(lambda: 0.0 if self.unready else 1.0)
 
     # -- readiness and leases (event loop only) ------------------------------------------
 
@@ -225,6 +227,23 @@ class ModelHolder:
         if model.batcher.failed:
             return "the inference thread stopped (see the log); reload the model"
         return None
+
+    @property
+    def unready(self) -> str | None:
+        """Why a balancer should send no new work here (/readyz, `vigil_ready`), or None.
+
+        `not_ready`, or a drain after SIGTERM: then requests are still scored, but the
+        replica is on its way out.
+        """
+        if self.drain.active:
+            return "shutting down: draining connections after SIGTERM"
+        return self.not_ready
+
+    def require_ready(self) -> LoadedModel:
+        """The current model for /readyz: `NotReady` while not ready or draining."""
+        if self.drain.active:
+            raise NotReady(self.unready or "draining")
+        return self.require()
 
     def require(self) -> LoadedModel:
         """The current model, without a lease (for checks); `NotReady` when there is none."""

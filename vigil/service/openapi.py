@@ -6,6 +6,7 @@ describe; its operation is declared beside the endpoint and merged in here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -37,10 +38,20 @@ def responses(ok: type[BaseModel], errors: dict[int, str]) -> dict[str, Any]:
     return out
 
 
-def install(app: FastAPI, paths: dict[str, dict[str, Any]], models: list[type[BaseModel]]) -> None:
-    """Serve FastAPI's document with `paths` (path -> method -> operation) and `models` added."""
+def install(
+    app: FastAPI,
+    paths: Callable[[], dict[str, dict[str, Any]]],
+    models: list[type[BaseModel]],
+) -> None:
+    """Serve FastAPI's document with `paths()` (path -> method -> operation) and `models`
+    added. The document is rebuilt when `paths()` changes (it follows the loaded model)."""
+    built_for: list[dict[str, dict[str, Any]]] = []
 
     def openapi() -> dict[str, Any]:
+        extra = paths()
+        if built_for != [extra]:
+            built_for[:] = [extra]
+            app.openapi_schema = None
         if app.openapi_schema is None:
             schema = get_openapi(
                 title=app.title,
@@ -55,7 +66,7 @@ def install(app: FastAPI, paths: dict[str, dict[str, Any]], models: list[type[Ba
                 for name, sub in definition.pop("$defs", {}).items():
                     components.setdefault(name, sub)
                 components.setdefault(model.__name__, definition)
-            schema["paths"] = {**paths, **schema.get("paths", {})}
+            schema["paths"] = {**extra, **schema.get("paths", {})}
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -101,9 +101,19 @@ class ModelDescription(BaseModel):
     batching: dict[str, Any]
 
 
+# A reload's bundle path as the route checks it (else 422 invalid_request): not blank, no
+# NUL character. Blank is spelled out, not `\s`, which regex dialects disagree on (Python's
+# counts \x1c-\x1f, ECMAScript's, which JSON Schema uses, does not).
+BUNDLE_PATTERN = r"^[^\x00]*[^\x00 \t\n\r\f\v][^\x00]*$"
+
+
 class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # as the route: other keys are refused (422)
+
     bundle: str | None = Field(
         None,
+        min_length=1,
+        pattern=BUNDLE_PATTERN,
         description="bundle directory, absolute or relative to VIGIL_MODELS_DIR; must lie inside "
         "it. Default: reload the current bundle path.",
     )

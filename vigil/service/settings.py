@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PROVIDERS = "CUDAExecutionProvider,CPUExecutionProvider"
@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         "of it. 0: no budget",
     )
     max_files: int = Field(default=64, ge=1, description="files per /score request, at most")
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="request line and headers of one request, at most (431 headers_too_large); "
+        "without a bound a client could make the service buffer any amount of memory",
+    )
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1, description="request body size limit in bytes"
     )
@@ -109,7 +115,17 @@ class Settings(BaseSettings):
         default=False, description="uvicorn's per-request access log (costs speed)"
     )
     shutdown_timeout_s: int = Field(
-        default=25, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
+        default=25,
+        ge=0,
+        description="on SIGTERM, the longest the service takes to exit: the drain, then "
+        "in-flight requests finishing",
+    )
+    drain_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="on SIGTERM, how long the service keeps answering (with Connection: close) "
+        "after /readyz turned 503, before it closes its listener; within "
+        "VIGIL_SHUTDOWN_TIMEOUT_S. 0: close at once",
     )
 
     @field_validator("admin_token", mode="after")
@@ -129,6 +145,15 @@ class Settings(BaseSettings):
             if not name.endswith("ExecutionProvider"):
                 raise ValueError(f"{name!r} is not an ONNX Runtime execution provider name")
         return ",".join(names)
+
+    @model_validator(mode="after")
+    def _drain_within_shutdown(self) -> Settings:
+        if self.drain_s > self.shutdown_timeout_s:
+            raise ValueError(
+                f"VIGIL_DRAIN_S ({self.drain_s}) must not exceed VIGIL_SHUTDOWN_TIMEOUT_S "
+                f"({self.shutdown_timeout_s}): the drain is part of the shutdown"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

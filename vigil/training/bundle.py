@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +44,7 @@ def versions() -> dict[str, str]:
 
 
 def write_bundle(
-    out: Path,
+    folder: Path,
     graph: ScoreGraph,
     spec: InputSpec,
     calibration_images: np.ndarray,
@@ -58,49 +55,33 @@ def write_bundle(
     requested_target_fpr: float | None = None,
     note: str | None = None,
 ) -> Manifest:
-    """Export, calibrate and write a complete bundle to `out` (replaced atomically).
+    """Export, calibrate and write a complete bundle into the empty `folder` (a staging
+    folder: `core.publish.staged` puts it in place once everything is written).
 
     With `tiling`, `calibration_images` are whole frames, each scored by its tiles (the
     max over tiles), so the calibrated FPR is per image.
     """
     cfg = graph.model.cfg
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
-    try:
-        outputs = export_onnx(graph, staging / MODEL_FILE)
-        if cfg.variational:
-            export_decoder(graph.model, staging / DECODER_FILE)
-        scores = graph.score_names()
-        # Calibrate on the exported graph itself: the scores the service will compute.
-        session = create_session(staging / MODEL_FILE, providers=["CPUExecutionProvider"])
-        if tiling is None:
-            raw = run_batched(session, calibration_images, outputs=scores)
-        else:
-            raw = score_frames(session, calibration_images, tiling, spec, scores)
-        source = f"{training['data_source']} (calibration split)"
-        calibration = make_calibration(raw, scores, [PRIMARY], target_fpr, source)
-        if note:
-            calibration = calibration.model_copy(
-                update={"requested_target_fpr": requested_target_fpr, "note": note}
-            )
-        manifest = _manifest(graph, spec, outputs, calibration, staging, training, name)
-        manifest = manifest.model_copy(update={"tiling": tiling})
-        write_manifest(staging, manifest)
-        # mkdtemp made the folder 0700: give it the mode any new folder gets (the umask's),
-        # so a service running as another user (a container's) can read the bundle.
-        staging.chmod(0o777 & ~_umask())
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    outputs = export_onnx(graph, folder / MODEL_FILE)
+    if cfg.variational:
+        export_decoder(graph.model, folder / DECODER_FILE)
+    scores = graph.score_names()
+    # Calibrate on the exported graph itself: the scores the service will compute.
+    session = create_session(folder / MODEL_FILE, providers=["CPUExecutionProvider"])
+    if tiling is None:
+        raw = run_batched(session, calibration_images, outputs=scores)
+    else:
+        raw = score_frames(session, calibration_images, tiling, spec, scores)
+    source = f"{training['data_source']} (calibration split)"
+    calibration = make_calibration(raw, scores, [PRIMARY], target_fpr, source)
+    if note:
+        calibration = calibration.model_copy(
+            update={"requested_target_fpr": requested_target_fpr, "note": note}
+        )
+    manifest = _manifest(graph, spec, outputs, calibration, folder, training, name)
+    manifest = manifest.model_copy(update={"tiling": tiling})
+    write_manifest(folder, manifest)
     return manifest
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _manifest(

@@ -15,12 +15,14 @@ from vigil.core import calibration as cal
 from vigil.core.bundle import (
     ANOMALY_MAP_OUTPUT,
     ERROR_MAP_OUTPUT,
+    MANIFEST_FILE,
     Calibration,
     Manifest,
     load_bundle,
     now,
     write_manifest,
 )
+from vigil.core.publish import staged
 from vigil.core.runtime import create_session, run_batched
 from vigil.core.tiling import score_frames
 from vigil.training.data import DataError, Images, to_inputs
@@ -80,9 +82,13 @@ def recalibrate(
         update={"calibration": calibration, "version": manifest.version + 1, "created_at": now()}
     )
     target = out or bundle
-    if target != bundle:
-        shutil.copytree(bundle, target, dirs_exist_ok=True)
-    else:  # keep the previous manifest beside the new one
+    if target == bundle:
+        # In place, one file at a time, each replaced atomically: the previous manifest is
+        # kept beside the new one, then the manifest is swapped (model.onnx is untouched).
         shutil.copy2(bundle / "manifest.json", bundle / f"manifest.v{manifest.version}.json")
-    write_manifest(target, updated)
+        write_manifest(target, updated)
+        return target, updated
+    with staged(target, MANIFEST_FILE) as folder:  # a new folder: published whole, or not at all
+        shutil.copytree(bundle, folder, dirs_exist_ok=True)
+        write_manifest(folder, updated)
     return target, updated

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from vigil.core.bundle import InputSpec, Manifest, Tiling, write_manifest
+from vigil.core.bundle import MANIFEST_FILE, InputSpec, Manifest, Tiling, write_manifest
 from vigil.core.calibration import supported_target
+from vigil.core.publish import check_replaceable, staged
 from vigil.core.tiling import count
 from vigil.training import tiles
 from vigil.training.bundle import write_bundle
@@ -85,6 +87,7 @@ def plan_inputs(cfg: TrainConfig, images: Images) -> Inputs:
 
 
 def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
+    check_replaceable(cfg.out, MANIFEST_FILE)  # before the training, not after it
     seed_everything(cfg.seed)
     images = normal_images(cfg)
     inputs = plan_inputs(cfg, images)
@@ -125,21 +128,28 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
         "device": history.device,
         "config": cfg.as_dict(),
     }
-    manifest = write_bundle(
-        cfg.out,
-        graph,
-        inputs.spec,
-        frames[splits.cal],
-        training,
-        target_fpr,
-        cfg.name or cfg.out.name,
-        tiling=inputs.tiling,
-        requested_target_fpr=cfg.target_fpr if note else None,
-        note=note,
-    )
-    (cfg.out / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
+    # Everything is written into a hidden folder and put at cfg.out in one step at the end:
+    # interrupted or failing before, cfg.out keeps its previous bundle (core.publish).
+    with staged(cfg.out, MANIFEST_FILE) as folder:
+        manifest = write_bundle(
+            folder,
+            graph,
+            inputs.spec,
+            frames[splits.cal],
+            training,
+            target_fpr,
+            cfg.name or cfg.out.name,
+            tiling=inputs.tiling,
+            requested_target_fpr=cfg.target_fpr if note else None,
+            note=note,
+        )
+        (folder / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
+        manifest, evaluation = evaluate_held_out(
+            cfg, folder, manifest, images.select(splits.val), history.epochs
+        )
     print(f"bundle written to {cfg.out}")
-    evaluation = evaluate_held_out(cfg, manifest, images.select(splits.val), history.epochs)
+    if cfg.report:
+        print(f"report: {cfg.out / 'report' / 'index.html'}")
     return manifest, evaluation
 
 
@@ -178,17 +188,22 @@ def fit_statistics(graph: ScoreGraph, train: torch.Tensor, val: torch.Tensor) ->
 
 
 def evaluate_held_out(
-    cfg: TrainConfig, manifest: Manifest, val_normals: Images, history: list[dict[str, float]]
-) -> Evaluation:
-    """Evaluate on the validation normals and any held-out anomalies; record it in the bundle.
+    cfg: TrainConfig,
+    folder: Path,
+    manifest: Manifest,
+    val_normals: Images,
+    history: list[dict[str, float]],
+) -> tuple[Manifest, Evaluation]:
+    """Evaluate the bundle in `folder` on the validation normals and any held-out
+    anomalies; record it in its manifest and write its report.
 
     Without anomalies the report still shows the training curves, the normal scores
     against their thresholds, reconstructions and the latent space.
     """
     anomalies = held_out_anomalies(cfg, limit=max(len(val_normals), 1000))
-    evaluation = evaluate_bundle(cfg.out, val_normals, anomalies)
+    evaluation = evaluate_bundle(folder, val_normals, anomalies)
     manifest = manifest.model_copy(update={"evaluation": evaluation.summary()})
-    write_manifest(cfg.out, manifest)
+    write_manifest(folder, manifest)
     primary = evaluation.metrics[manifest.primary_score]
     verdict = evaluation.verdict
     if "auroc" in primary:
@@ -198,5 +213,5 @@ def evaluate_held_out(
         print(f"held-out normals flagged: {verdict['fpr']:.3f} (no anomalies to measure against; "
               "pass --anomaly-data for AUROC)")  # fmt: skip
     if cfg.report:
-        print(f"report: {write_bundle_report(cfg.out, evaluation, history, cfg.data)}")
-    return evaluation
+        write_bundle_report(folder, evaluation, history, cfg.data)
+    return manifest, evaluation

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -12,13 +14,15 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import Response
 
+from vigil.core.bundle import MANIFEST_FILE
 from vigil.service.errors import ApiError
 from vigil.service.model import ModelHolder
 from vigil.service.responses import json_response
-from vigil.service.schemas import ReloadRequest, ReloadResponse, error_responses
+from vigil.service.schemas import BUNDLE_PATTERN, ReloadRequest, ReloadResponse, error_responses
 from vigil.service.settings import Settings
 from vigil.service.uploads import read_body
 
+_BUNDLE = re.compile(BUNDLE_PATTERN)
 _bearer = HTTPBearer(auto_error=False, description="VIGIL_ADMIN_TOKEN")
 
 RELOAD_DESCRIPTION = """Load a bundle, validate it (manifest schema, sha256), open its session,
@@ -42,7 +46,7 @@ def router(settings: Settings, holder: ModelHolder) -> APIRouter:
                 "admin_disabled", "admin routes are disabled: no VIGIL_ADMIN_TOKEN is set"
             )
         given = credentials.credentials if credentials is not None else ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        if not same_secret(given, token):
             raise ApiError(
                 "unauthorized",
                 "send Authorization: Bearer <VIGIL_ADMIN_TOKEN>",
@@ -54,7 +58,7 @@ def router(settings: Settings, holder: ModelHolder) -> APIRouter:
         {
             401: "missing or wrong bearer token",
             403: "admin disabled (no token configured), or a path outside the models directory",
-            404: "no such bundle directory",
+            404: "no bundle directory there (no folder, or no manifest.json in it)",
             422: "invalid request body or invalid bundle",
             503: "the required execution provider is not available",
         }
@@ -82,7 +86,7 @@ def router(settings: Settings, holder: ModelHolder) -> APIRouter:
         model = await holder.load(path)
         body = {
             "status": "reloaded",
-            "bundle": str(path),
+            "bundle": public_path(path, settings.reload_root),
             "model": model.ref,
             "provider": model.provider,
             "seconds": round(time.perf_counter() - started, 3),
@@ -92,8 +96,25 @@ def router(settings: Settings, holder: ModelHolder) -> APIRouter:
     return api
 
 
+def same_secret(given: str, token: str) -> bool:
+    """Compare in constant time, the length included: digests of equal size are compared
+    (`hmac.compare_digest` alone returns early on a length mismatch)."""
+    digest = hashlib.sha256
+    return hmac.compare_digest(digest(given.encode()).digest(), digest(token.encode()).digest())
+
+
+def public_path(path: Path, root: Path | None) -> str:
+    """A bundle's path as an answer shows it: relative to the models directory."""
+    if root is not None:
+        resolved = path.resolve()
+        if resolved.is_relative_to(root):
+            return str(resolved.relative_to(root)) or "."
+    return path.name
+
+
 def _requested_bundle(raw: bytes) -> str | None:
-    if not raw.strip():
+    """The body's bundle path; None for no body (a blank body is not JSON: 422)."""
+    if not raw:
         return None
     try:
         data = json.loads(raw)
@@ -102,8 +123,8 @@ def _requested_bundle(raw: bytes) -> str | None:
     if not isinstance(data, dict) or set(data) - {"bundle"}:
         raise ApiError("invalid_request", 'the body must be {"bundle": "<path>"} or empty')
     bundle = data.get("bundle")
-    if bundle is not None and (not isinstance(bundle, str) or not bundle.strip()):
-        raise ApiError("invalid_request", '"bundle" must be a non-empty path string')
+    if bundle is not None and (not isinstance(bundle, str) or not _BUNDLE.match(bundle)):
+        raise ApiError("invalid_request", '"bundle" must be a non-blank path without NUL characters')  # fmt: skip
     return bundle
 
 
@@ -118,11 +139,22 @@ def bundle_path(requested: str | None, current: Path | None, root: Path | None) 
     candidate = Path(requested)
     if not candidate.is_absolute():
         candidate = root / candidate
-    if not candidate.resolve().is_relative_to(root):
+    try:
+        inside = candidate.resolve().is_relative_to(root)
+        is_dir = inside and candidate.is_dir()
+        # A bundle is a folder with a manifest: a folder without one (the models folder
+        # itself, `.`) is no bundle, 404 as a missing one; a manifest that fails validation
+        # is an invalid bundle (422, from the load).
+        has_manifest = is_dir and (candidate / MANIFEST_FILE).is_file()
+    except OSError as exc:  # a name too long, a symlink loop, no permission
+        raise ApiError("bundle_not_found", f"{requested[:200]}: {exc.strerror}") from exc
+    if not inside:
         raise ApiError(
             "bundle_path_forbidden",
             f"{requested} is outside the models directory {root}; reload only loads from there",
         )
-    if not candidate.is_dir():
+    if not is_dir:
         raise ApiError("bundle_not_found", f"{requested} is not a bundle directory")
+    if not has_manifest:
+        raise ApiError("bundle_not_found", f"{requested} is not a bundle directory: no {MANIFEST_FILE}")  # fmt: skip
     return candidate

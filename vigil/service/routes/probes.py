@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
+from vigil.core import redact
 from vigil.service.metrics import Metrics
 from vigil.service.model import LoadedModel, ModelHolder
 from vigil.service.responses import json_response
@@ -22,7 +23,7 @@ def describe(model: LoadedModel) -> dict[str, Any]:
     """GET /model: the manifest's public part plus what this process made of it."""
     low, high = model.judge.fpr_range
     batcher = model.batcher
-    data = model.manifest.public()
+    data = redact.document(model.manifest.public())  # no server or training paths
     data.update(
         provider=model.provider,
         providers=list(model.session.get_providers()),
@@ -57,7 +58,7 @@ def router(holder: ModelHolder, metrics: Metrics) -> APIRouter:
         summary="Readiness: a bundle is loaded and its batch shapes warmed up",
     )
     async def readyz() -> Response:
-        model = holder.require()
+        model = holder.require_ready()
         return json_response({"status": "ready", "model": model.ref, "provider": model.provider})
 
     @api.get(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import io
 import math
 from collections.abc import Sequence
@@ -56,7 +57,8 @@ DESCRIPTION = f"""Score one or more images.
 
 Send a multipart/form-data body with the images in the field `{FIELD}` (repeat it for
 several files), or one raw image as the body with `Content-Type: image/png`, `image/jpeg`, ...
-Any format Pillow reads is accepted; each image is turned upright by its EXIF orientation,
+PNG, JPEG, BMP, GIF, TIFF, WebP and PBM/PGM/PPM are accepted (other formats: 415
+not_an_image); each image is turned upright by its EXIF orientation,
 converted to the bundle's colour mode and resized to its input size by the bundle's policy.
 
 One result per file, in upload order. `score` is the bundle's primary score; `is_anomaly`
@@ -66,6 +68,12 @@ is true when any verdict score exceeds its threshold (`flagged_by` names them).
 (415 not_an_image, 422 corrupt_image / empty_file, 413 too_many_pixels), naming it in
 `error.filename`; no file of the request is scored. Resend the good files alone.
 """
+
+# The media types of the accepted formats (core.preprocess.FORMATS), as a part may declare.
+IMAGE_TYPES = (
+    "image/png", "image/jpeg", "image/bmp", "image/gif", "image/tiff", "image/webp",
+    "image/x-portable-anymap",
+)  # fmt: skip
 
 REQUEST_BODY = {
     "required": True,
@@ -77,11 +85,13 @@ REQUEST_BODY = {
                     FIELD: {
                         "type": "array",
                         "items": {"type": "string", "format": "binary"},
+                        "minItems": 1,
                         "description": "one or more image files",
                     }
                 },
                 "required": [FIELD],
-            }
+            },
+            "encoding": {FIELD: {"contentType": ", ".join(IMAGE_TYPES)}},
         },
         "image/*": {"schema": {"type": "string", "format": "binary"}},
     },
@@ -115,7 +125,7 @@ TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
 
 
-OPERATION = {
+OPERATION: dict[str, Any] = {
     "summary": "Score images for anomalies",
     "description": DESCRIPTION,
     "operationId": "score_score_post",
@@ -132,6 +142,19 @@ OPERATION = {
         },
     ),
 }
+
+
+def operation(max_files: int, fpr_range: tuple[float, float] | None) -> dict[str, Any]:
+    """OPERATION with this service's limits: at most `max_files` files, and `target_fpr`
+    within the range the loaded model's calibration supports (inclusive), when one is."""
+    op = copy.deepcopy(OPERATION)
+    form = op["requestBody"]["content"]["multipart/form-data"]["schema"]
+    form["properties"][FIELD]["maxItems"] = max_files
+    if fpr_range is not None:
+        low, high = fpr_range
+        target = next(p for p in op["parameters"] if p["name"] == "target_fpr")
+        target["schema"] = {"type": "number", "minimum": low, "maximum": high}
+    return op
 
 
 class ScoreEndpoint:

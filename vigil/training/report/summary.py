@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vigil.core import redact
 from vigil.core.bundle import Manifest
 from vigil.training.evaluate import Evaluation
 from vigil.training.report.document import Block, Section, Table
@@ -21,7 +22,7 @@ def overview(
         ["Bundle", f"{m.name} v{m.version}, created {m.created_at:%Y-%m-%d %H:%M} UTC"],
         ["Model", _model_line(m)],
         ["Input", _input_line(m)],
-        ["Data source", m.training.data_source],
+        ["Data source", redact.text(m.training.data_source)],  # served by /report/: no paths
         ["Normal class", _normal_class(m, class_names)],
         ["Split sizes", ", ".join(f"{k} {v:,}" for k, v in m.training.split_sizes.items())],
         ["Training", _training_line(m, history)],
@@ -81,7 +82,7 @@ def _verdict_rule(m: Manifest) -> str:
     scores = ", ".join(c.verdict_scores)
     return (
         f"anomalous when any of [{scores}] exceeds its threshold; target FPR {pct(c.target_fpr)}, "
-        f"{c.method} calibration on {c.n:,} held-out normal images ({c.data_source})"
+        f"{c.method} calibration on {c.n:,} held-out normal images ({redact.text(c.data_source)})"
     )
 
 

@@ -66,5 +66,5 @@ def write_bundle_report(
         history,
         decoder if decoder.exists() else None,
         class_names=FASHION_MNIST_CLASSES if data == "fashion-mnist" else None,
-        title=f"Vigil report: {bundle.name}",
+        title=f"Vigil report: {evaluation.manifest.name}",  # not the folder: it may be staged
     )
