@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from test_service_support import files, make_settings, serving
 
-from benchmarks.reliability.image_contract import CORPUS, check, seeds
+from benchmarks.reliability.image_contract import CORPUS, check, forked, fuzzer_command, seeds
 from benchmarks.reliability.schema_fuzz import schema_fuzz
 from vigil.core.bundle import InputSpec
 from vigil.core.preprocess import load_image
@@ -42,14 +42,25 @@ def test_schema_fuzzing_finds_nothing(vae_bundle: Path, tmp_path: Path) -> None:
     assert any(k.startswith("POST /admin/reload 2") for k in answers)  # past authentication
 
 
+def test_the_fuzzer_does_not_inherit_this_process_peak_memory() -> None:
+    # libFuzzer's -rss_limit_mb reads ru_maxrss, which a direct child inherits from its parent
+    ballast = np.ones(512 * 2**20, np.uint8)  # this process's peak: at least 512 MiB
+    code = "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    command = [sys.executable, "-c", code]
+    direct = int(subprocess.run(command, capture_output=True, text=True).stdout)
+    via_shell = int(subprocess.run(forked(command), capture_output=True, text=True).stdout)
+    del ballast
+    assert direct > 512 * 1024 > 4 * via_shell  # KiB
+
+
 @pytest.mark.slow
 def test_image_fuzzing_finds_nothing(tmp_path: Path) -> None:
     seeds(tmp_path / "seeds")
     (tmp_path / "corpus").mkdir()
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.reliability.image_fuzz", "-max_total_time=20",
-         "-timeout=10", "-rss_limit_mb=1024", f"-artifact_prefix={tmp_path}/",
-         str(tmp_path / "corpus"), str(tmp_path / "seeds"), str(CORPUS)],
+        fuzzer_command("-max_total_time=20", "-timeout=10", "-rss_limit_mb=1024",
+                       f"-artifact_prefix={tmp_path}/", str(tmp_path / "corpus"),
+                       str(tmp_path / "seeds"), str(CORPUS)),
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -31,7 +31,7 @@ from typing import Any
 
 from benchmarks.common import save, table
 from benchmarks.reliability.audit import audit
-from benchmarks.reliability.image_contract import CORPUS, seeds
+from benchmarks.reliability.image_contract import CORPUS, fuzzer_command, seeds
 from benchmarks.reliability.schema_fuzz import schema_fuzz
 from benchmarks.reliability.server import ROOT
 from benchmarks.reliability.shutdown import sigterm_under_load
@@ -111,10 +111,10 @@ def check_schema(bundle: Path, work: Path, size: dict[str, int]) -> dict[str, An
 def check_images(bundle: Path, work: Path, size: dict[str, int]) -> dict[str, Any]:
     seeds(work / "seeds")
     (work / "corpus").mkdir(exist_ok=True)
-    command = [sys.executable, "-m", "benchmarks.reliability.image_fuzz",
-               f"-max_total_time={size['image_fuzz_seconds']}", "-timeout=10",
-               "-rss_limit_mb=1024", f"-artifact_prefix={work}/", "-print_final_stats=1",
-               str(work / "corpus"), str(work / "seeds"), str(CORPUS)]  # fmt: skip
+    command = fuzzer_command(
+        f"-max_total_time={size['image_fuzz_seconds']}", "-timeout=10",
+        "-rss_limit_mb=1024", f"-artifact_prefix={work}/", "-print_final_stats=1",
+        str(work / "corpus"), str(work / "seeds"), str(CORPUS))  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     stats = {  # libFuzzer's -print_final_stats lines: "stat::NAME: VALUE"
         line[len("stat::") :].split(":")[0]: line.split(":")[-1].strip()

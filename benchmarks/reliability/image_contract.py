@@ -11,6 +11,7 @@ limit, an array that is not the spec's shape, float32, finite and in [0, 1].
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,20 @@ CORPUS = Path(__file__).resolve().parents[2] / "tests" / "data" / "fuzz"
 
 class Finding(AssertionError):
     """The decode path did something its contract does not allow."""
+
+
+def fuzzer_command(*args: str) -> list[str]:
+    """The image fuzzer's command line (`args`: libFuzzer flags and corpus folders), started
+    by a shell that forks it. Linux carries a process's peak RSS over to a child it execs
+    (getrusage's ru_maxrss, which libFuzzer's -rss_limit_mb reads), so a fuzzer started
+    straight from a large process (pytest, after tests that trained models) reports an
+    out-of-memory on its first check; the shell's child starts from the shell's few MiB."""
+    return forked([sys.executable, "-m", "benchmarks.reliability.image_fuzz", *args])
+
+
+def forked(command: list[str]) -> list[str]:
+    """`command`, run as the child of a shell (which does not exec it in its own place)."""
+    return ["sh", "-c", '"$@"; exit $?', "sh", *command]
 
 
 def check(data: bytes) -> None:
