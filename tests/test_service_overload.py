@@ -177,6 +177,31 @@ async def test_the_batcher_refuses_past_its_queue_without_waiting(batching: bool
     await batcher.close()
 
 
+async def test_a_batch_answered_is_no_longer_ahead_of_the_next_request() -> None:
+    """The answer may reach its client, and the client's next request the batcher, before
+    the inference thread takes its next batch: that request must find nothing ahead."""
+    batcher = Batcher(doubled, max_batch=1, admission=Admission(max_queue=1))
+    handed_over, resume = threading.Event(), threading.Event()
+    call_soon = batcher._call_soon
+
+    def hold_after_handing_over(callback: Callable[..., object], *args: object) -> None:
+        call_soon(callback, *args)
+        handed_over.set()
+        resume.wait(10)  # the inference thread stays here, its batch answered
+
+    batcher._call_soon = hold_after_handing_over  # type: ignore[method-assign]
+    batcher.start()
+    try:
+        await asyncio.wait_for(batcher.score([image(1)]), 10)
+        assert handed_over.is_set()
+        batcher.admit(1)  # used to raise Overloaded: the answered batch still counted
+        assert batcher.backlog == 0
+    finally:
+        resume.set()
+        batcher._call_soon = call_soon  # type: ignore[method-assign]
+        await batcher.close()
+
+
 # -- the service ---------------------------------------------------------------------------
 
 

@@ -231,7 +231,6 @@ class Batcher:
     def _next_batch(self) -> list[_Item] | None:
         """Block until a batch is due; None once closing and drained."""
         with self._ready:
-            self._running = 0  # the last batch is scored
             while not self._pending:
                 if self._closing:
                     return None
@@ -251,15 +250,24 @@ class Batcher:
         # thread is a benign race: at worst a row is computed for nobody.
         items = [item for item in items if not item.future.cancelled()]
         if not items:
+            self._scored()
             return
         try:
             outputs, started, seconds = self._run(
                 [item.array for item in items], any(item.with_map for item in items)
             )
         except Exception as exc:
+            self._scored()
             self._call_soon(self._fail, items, _failed(exc, len(items)))
             return
+        self._scored()
         self._call_soon(self._deliver, items, outputs, started, seconds)
+
+    def _scored(self) -> None:
+        # Before the answers go out: a client answered at once may send its next request
+        # before this thread takes the next batch, and must not find its own batch ahead.
+        with self._ready:
+            self._running = 0
 
     def _call_soon(self, callback: Callable[..., object], *args: object) -> None:
         assert self._loop is not None
