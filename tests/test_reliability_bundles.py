@@ -186,7 +186,8 @@ def test_train_interrupted_while_writing_the_bundle(old_bundle: Path, blobs: Pat
     else:
         assert process.returncode == 130, output
         assert "interrupted" in output and "Traceback" not in output
-        assert assert_old_or_complete_new(old_bundle, old, report=True) == "old"
+        # before the publish: the old bundle; during the clean-up after it: the new one
+        assert assert_old_or_complete_new(old_bundle, old, report=True) in ("old", "new")
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vigil.core.errors import VigilError
-from vigil.core.interrupts import sigterm_interrupts
+from vigil.core.interrupts import sigterm_deferred, sigterm_interrupts
 
 PARTIAL = ".partial-"  # staging folders are named .<destination>.partial-<random>
 RENAME_EXCHANGE = 2  # linux/fs.h: swap the two paths atomically
@@ -56,8 +56,8 @@ def staged(out: Path, marker: str) -> Iterator[Path]:
     check_replaceable(out, marker)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL}", dir=out.parent))
-    try:
-        with sigterm_interrupts():
+    with sigterm_interrupts():
+        try:
             yield staging
             # mkdtemp made it 0700: give it the mode any new folder gets (the umask's), so
             # a service running as another user (a container's) can read the bundle.
@@ -65,9 +65,11 @@ def staged(out: Path, marker: str) -> Iterator[Path]:
             _sync_tree(staging)
             check_replaceable(out, marker)  # again: it may have changed meanwhile
             publish(staging, out)
-    finally:
-        # After a publish this is the previous bundle, swapped out; else the unfinished one.
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            # After a publish this is the previous bundle, swapped out; else the unfinished
+            # one. A SIGTERM meanwhile waits for it to go, then interrupts as before.
+            with sigterm_deferred():
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 def publish(new: Path, out: Path) -> None:
