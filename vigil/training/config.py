@@ -111,7 +111,7 @@ class TrainConfig:
     head_steps: int = option(
         "training steps of the defect head (a small segmentation net trained on synthetic "
         "defects drawn on the normal images; the `defect` score)",
-        default=600,
+        default=HeadConfig.head_steps,
     )
     head_width: int = option("channels of the defect head's first layer", default=8)
     seed: int = option("seed for splits, init and batches", default=0)

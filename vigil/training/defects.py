@@ -6,7 +6,7 @@ by content that does not belong there. The shapes and contents are generic on pu
 (the head must find defects nobody drew for it):
 
 - shapes: blobs (smooth random noise above a random quantile: 2-25 % of the image, one
-  piece or several) and strokes (thin random-walk polylines, 0.6-2.2 px wide: scratches,
+  piece or several; a quarter with feathered edges, as stains have) and strokes (thin random-walk polylines, 0.6-2.2 px wide: scratches,
   cracks, threads);
 - contents: another normal image turned by a multiple of 90 degrees (foreign texture),
   a flat level near the image's mean (missing texture), the image blurred (smoothed
@@ -33,6 +33,8 @@ STROKE_SEGMENTS = 4
 FILLS = ("foreign", "flat", "blurred", "shifted", "contrast", "noisy", "level")
 STRONG_FILLS = ("shifted", "contrast", "level")
 MARKED = 0.2  # coverage from which a pixel counts as defective in the target
+FEATHERED_SHARE = 0.25  # blobs with soft edges: stains and smudges fade out, cut-outs do not
+FEATHER_SIGMA = (0.5, 2.0)  # px; wider feathering marked faint edges as defects (noisier)
 
 
 def uniform(n: int, low: float, high: float, g: torch.Generator) -> Tensor:
@@ -68,6 +70,16 @@ def blobs(n: int, height: int, width: int, g: torch.Generator) -> Tensor:
     rank = ((1 - keep) * (flat.shape[1] - 1)).long()
     threshold = flat.sort(1).values.gather(1, rank[:, None])
     return (flat > threshold).float().view(n, 1, height, width)
+
+
+def feathered(masks: Tensor, g: torch.Generator) -> Tensor:
+    """Soft edges for a random FEATHERED_SHARE of binary masks [n, 1, H, W], peak kept at 1
+    (one blur width per batch, drawn from FEATHER_SIGMA)."""
+    low, high = FEATHER_SIGMA
+    soft = gaussian_blur(masks, low + float(torch.rand(1, generator=g)) * (high - low))
+    soft = soft / soft.flatten(1).amax(1).clamp_min(1e-6).view(-1, 1, 1, 1)
+    pick = torch.rand(len(masks), 1, 1, 1, generator=g) < FEATHERED_SHARE
+    return torch.where(pick, soft, masks)
 
 
 def strokes(n: int, height: int, width: int, g: torch.Generator) -> Tensor:
@@ -127,7 +139,8 @@ def synthesise(x: Tensor, other: Tensor, g: torch.Generator) -> tuple[Tensor, Te
     """
     n, _, height, width = x.shape
     is_stroke = torch.rand(n, 1, 1, 1, generator=g) < STROKE_SHARE
-    mask = torch.where(is_stroke, strokes(n, height, width, g), blobs(n, height, width, g))
+    blob = feathered(blobs(n, height, width, g), g)
+    mask = torch.where(is_stroke, strokes(n, height, width, g), blob)
     strong = torch.tensor([FILLS.index(f) for f in STRONG_FILLS])
     kind = torch.where(
         is_stroke.flatten(),

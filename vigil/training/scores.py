@@ -47,7 +47,7 @@ from vigil.training.graph_ops import (
     row_sum,
     ssim_map,
 )
-from vigil.training.head import DefectHead
+from vigil.training.head import DefectHead, mirrored_logits
 from vigil.training.local import LocalMaps
 from vigil.training.models import AutoEncoder, kl_divergence
 
@@ -124,7 +124,7 @@ class ScoreGraph(nn.Module):
         if self.local is not None and self.head is not None:
             local = self.local(x, x_hat)
             local_map = torch.maximum(torch.maximum(local[:, :1], local[:, 1:2]), local[:, 2:3])
-            defect_map = self.head(x)
+            defect_map = mirrored_logits(self.head, x)
             scores[LOCAL] = local_map.flatten(1).amax(1)  # a max is exact in any order
             scores[DEFECT] = defect_map.flatten(1).amax(1)
             maps = torch.cat([local_map, defect_map], 1)
