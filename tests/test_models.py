@@ -1,6 +1,8 @@
 import pytest
 import torch
+from torch.nn import functional as F
 
+from vigil.training.defects import gaussian_blur
 from vigil.training.graph_ops import GaussianBlur, gaussian_kernel, ssim_map
 from vigil.training.models import (
     AutoEncoder,
@@ -10,6 +12,7 @@ from vigil.training.models import (
     reconstruction_loss,
 )
 from vigil.training.scores import ScoreGraph
+from vigil.training.spectrum import Spectrum
 from vigil.training.train import FitConfig, fit
 
 
@@ -133,12 +136,34 @@ def test_score_graph_standardises_scores() -> None:
     x = torch.rand(50, 1, 12, 12)
     with torch.no_grad():
         graph.fit_latent_density(model.encode(x)[0])
+        graph.fit_spectrum(x)
         graph.fit_standardisation(graph.raw_scores(x)[0])
         out = graph(x)
     # The combined score is a mean of standardised logs: about zero on the fitted data.
     assert abs(float(out["combined"].mean())) < 1e-4
     assert abs(float(out["mahalanobis"].mean()) - 1.0) < 0.05  # E[d^2] / dim = 1 on fit data
+    # E[d^2] / dim = 1 on the fitted data, less a little for the covariance's shrinkage
+    assert 0.9 < float(out["spectrum"].mean()) <= 1.0
     assert set(graph.score_names()) == {
-        "reconstruction", "blurred", "ssim", "mahalanobis", "knn", "local", "defect", "kl",
-        "combined", "overall",
+        "reconstruction", "blurred", "ssim", "mahalanobis", "knn", "spectrum", "local",
+        "defect", "kl", "combined", "overall",
     }  # fmt: skip
+
+
+def test_spectrum_sees_blur_and_lost_contrast_that_reconstruct_well() -> None:
+    """Fitted on textured images, `spectrum` ranks every blurred or flattened copy above
+    every clean image of the same kind: lost detail is far from normal in its features."""
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.rand(160, 1, 8, 8, generator=g)
+    images = 0.5 * F.interpolate(coarse, size=(32, 32), mode="bilinear") + 0.5 * torch.rand(
+        160, 1, 32, 32, generator=g
+    )
+    spectrum = Spectrum(1, 32, 32)
+    spectrum.fit(images[:120].split(50))
+    clean = images[120:]
+    blurred = gaussian_blur(clean, 1.5)
+    flat = clean.mean((2, 3), keepdim=True) + 0.4 * (clean - clean.mean((2, 3), keepdim=True))
+    with torch.no_grad():
+        s_clean, s_blur, s_flat = spectrum(clean), spectrum(blurred), spectrum(flat)
+    assert float(s_blur.min()) > float(s_clean.max())
+    assert float(s_flat.min()) > float(s_clean.max())

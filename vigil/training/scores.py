@@ -4,13 +4,14 @@ The names and descriptions are in `vigil.core.score_names`. Why these: pixel err
 is a weak score; `blurred` counts errors of shape more than texture the decoder cannot
 reproduce; `ssim` is structural; the latent scores (`mahalanobis`, `knn`, `kl`) catch
 images that reconstruct well but are coded unlike normal ones; `combined` averages the
-standardised log-scores of both views; `local` (`training.local`) is the maximum of a
-per-pixel anomaly map, so a small defect, or one that removes detail, is not averaged
-away; `defect` is the strongest logit of a small segmentation net trained on synthetic
-defects (`training.head`), which sees stains, shifts and missing detail on busy textures
-that the other maps take for normal; `overall` takes whichever of `combined`, `local` and
-`defect` is strongest, each standardised on the validation images (README, "Detection
-quality").
+standardised log-scores of both views; `spectrum` (`training.spectrum`) compares the
+image's detail and contrast with the normal images', for a defocused, shaken or noisy
+camera; `local` (`training.local`) is the maximum of a per-pixel anomaly map, so a small
+defect, or one that removes detail, is not averaged away; `defect` is the strongest
+logit of a small segmentation net trained on synthetic defects (`training.head`), which
+sees stains, shifts and missing detail on busy textures that the other maps take for
+normal; `overall` takes whichever of `combined`, `local` and `defect` is strongest, each
+standardised on the validation images (README, "Detection quality").
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from vigil.core.score_names import (
     DEFECT,
     LOCAL,
     PRIMARY,
+    SPECTRUM,
     primary_from,
     score_names,
 )
@@ -50,6 +52,7 @@ from vigil.training.graph_ops import (
 from vigil.training.head import DefectHead, mirrored_logits
 from vigil.training.local import LocalMaps
 from vigil.training.models import AutoEncoder, kl_divergence
+from vigil.training.spectrum import Spectrum
 
 LOG_EPS = 1e-6
 KNN_K = 5
@@ -91,6 +94,7 @@ class ScoreGraph(nn.Module):
         self.register_buffer("knn_bank_sq", torch.zeros(KNN_K))
         self.register_buffer("latent_mean", torch.zeros(d))
         self.register_buffer("latent_precision", torch.eye(d))
+        self.spectrum = Spectrum(cfg.channels, h, w)
         self.local = LocalMaps(cfg.channels, h, w) if local else None
         self.register_buffer("log_mean", torch.zeros(len(COMBINED_FROM)))
         self.register_buffer("log_std", torch.ones(len(COMBINED_FROM)))
@@ -119,6 +123,7 @@ class ScoreGraph(nn.Module):
             "ssim": 1.0 - row_mean(ssim_map(x, x_hat, self.ssim_blur)),
             "mahalanobis": row_mean(centred @ self.latent_precision * centred),
             "knn": self.knn_distance(mu),
+            SPECTRUM: self.spectrum(x),
         }
         maps = None
         if self.local is not None and self.head is not None:
@@ -183,6 +188,11 @@ class ScoreGraph(nn.Module):
         self.knn_bank_sq = (bank * bank).sum(1)
 
     @torch.no_grad()
+    def fit_spectrum(self, train: Tensor, batch: int = 512) -> None:
+        device = next(self.parameters()).device
+        self.spectrum.fit(b.to(device) for b in train.split(batch))
+
+    @torch.no_grad()
     def fit_local(self, train: Tensor, val: Tensor, batch: int = 256) -> None:
         """The local maps' Gaussians on training images, their standardisation on validation."""
 
@@ -208,13 +218,16 @@ class ScoreGraph(nn.Module):
         self.overall_std.copy_(parts.std(0).clamp_min(1e-6))
 
     def overall(self, scores: dict[str, Tensor]) -> Tensor:
-        """max of `combined`, `local` and `defect`, each standardised on the validation images."""
+        """max of `combined`, `local` and `defect` (those the graph has), each standardised
+        on the validation images."""
         parts = torch.stack([scores[n] for n in self.primary_from], dim=1)
         return ((parts - self.overall_mean) / self.overall_std).amax(1)  # exact: batch-invariant
 
     def anomaly_map(self, maps: Tensor) -> Tensor:
         """[N, 1, H, W]: the local map and the defect logits in the units of `overall`, the
         larger of the two per pixel; its maximum is the larger of `local`'s and `defect`'s z."""
-        mean, std = self.overall_mean[1:].view(1, 2, 1, 1), self.overall_std[1:].view(1, 2, 1, 1)
+        at = self.primary_from.index(LOCAL)  # local, then defect
+        mean = self.overall_mean[at : at + 2].view(1, 2, 1, 1)
+        std = self.overall_std[at : at + 2].view(1, 2, 1, 1)
         z = (maps - mean) / std
         return torch.maximum(z[:, :1], z[:, 1:])
