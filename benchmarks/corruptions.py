@@ -3,8 +3,9 @@
 For each bundle (trained with defaults by benchmarks/quality.py --keep DIR, one per
 Fashion-MNIST class, or by benchmarks/textures.py --keep DIR, one per texture): the
 normal test images are scored clean (normal) and corrupted (anomalous: the camera, not
-the part, is at fault) by each family at each severity. AUROC of the primary score and
-of `local`, and the TPR at the calibrated threshold, per family and severity.
+the part, is at fault) by each family at each severity. AUROC of the primary score, of
+`spectrum` (the camera check), `local`, `defect` and `combined`, and the TPR at the
+calibrated threshold, per family and severity.
 
     .venv/bin/python benchmarks/quality.py --keep /tmp/fm && \\
     .venv/bin/python benchmarks/corruptions.py --fashion-mnist /tmp/fm [--textures /tmp/tx]
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import save, table
 from benchmarks.texture_data import build
 from vigil.core.bundle import load_bundle
+from vigil.core.score_names import SPECTRUM
 from vigil.core.verdicts import Judge
 from vigil.training.calibrate import score_images
 from vigil.training.data import read_images
@@ -114,13 +116,14 @@ def corrupt(images: np.ndarray, family: str, severity: int, seed: int) -> np.nda
     return np.round(np.clip(out, 0, 1) * 255).astype(np.float32) / 255
 
 
-SUMMARY_SCORES = ("overall", "local", "defect", "combined")
+SUMMARY_SCORES = ("overall", SPECTRUM, "local", "defect", "combined")
 
 
 def evaluate(bundle: Path, normals: np.ndarray) -> dict[str, Any]:
     """normals [N, H, W] in [0, 1] (8-bit values), the bundle's input size."""
     manifest, _ = load_bundle(bundle)
     judge = Judge(manifest)
+    limits = judge.thresholds()
     clean = score_images(bundle, normals[:, None])
     names = [n for n in (manifest.primary_score, *SUMMARY_SCORES) if n in manifest.scores]
     out: dict[str, Any] = {"primary": manifest.primary_score}
@@ -133,6 +136,8 @@ def evaluate(bundle: Path, normals: np.ndarray) -> dict[str, Any]:
                 for name in dict.fromkeys(names)
             }
             row["tpr"] = float(judge.flags(bad).mean())
+            if SPECTRUM in bad:  # the camera check at its own calibrated threshold
+                row["tpr_spectrum"] = float((bad[SPECTRUM] > limits[SPECTRUM]).mean())
             out[f"{family}/{severity}"] = row
     out["fpr"] = float(judge.flags(clean).mean())
     return out
