@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from vigil.training.defects import FILLS, blobs, contents, strokes, synthesise
-from vigil.training.head import DefectHead, HeadConfig, fit_head
+from vigil.training.defects import FILLS, blobs, contents, feathered, strokes, synthesise
+from vigil.training.head import DefectHead, HeadConfig, fit_head, mirrored_logits
 
 
 def stripes(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -90,3 +90,28 @@ def test_a_trained_head_finds_a_spot_it_never_saw() -> None:
         clean_max = head(test).flatten(1).amax(1)
         spotted_max = head(spotted).flatten(1).amax(1)
     assert float((spotted_max > clean_max).float().mean()) > 0.9
+
+
+def test_mirrored_logits_are_the_mean_of_the_four_views_and_mirror_with_the_image() -> None:
+    """The test-time ensemble: the mean of the head on x and on its three mirror images
+    (each mirrored back), so mirroring the input mirrors the map and changes nothing else."""
+    torch.manual_seed(0)
+    head = DefectHead(1, width=4).eval()
+    x = torch.rand(3, 1, 20, 24)
+    with torch.no_grad():
+        out = mirrored_logits(head, x)
+        views = [head(x), *(head(x.flip(d)).flip(d) for d in ((3,), (2,), (2, 3)))]
+        torch.testing.assert_close(out, torch.stack(views).mean(0))
+        torch.testing.assert_close(mirrored_logits(head, x.flip(3)), out.flip(3))
+        torch.testing.assert_close(mirrored_logits(head, x.flip(2, 3)), out.flip(2, 3))
+
+
+def test_feathered_blobs_keep_their_peak_and_soften_only_some_edges() -> None:
+    g = torch.Generator().manual_seed(0)
+    masks = blobs(64, 32, 32, g)
+    out = feathered(masks, g)
+    assert out.shape == masks.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert torch.allclose(out.flatten(1).amax(1), torch.ones(64))
+    soft = ((out > 0) & (out < 1)).flatten(1).any(1)
+    assert 0 < int(soft.sum()) < 64  # a share, not all or none
+    torch.testing.assert_close(out[~soft], masks[~soft])
