@@ -79,8 +79,8 @@ def mirrored_logits(head: DefectHead, x: Tensor) -> Tensor:
 
     A test-time ensemble: a normal pixel that one view takes for a defect rarely fools all
     four, so normal images' strongest logits drop more than defects' (textures: mean image
-    AUROC +0.01 to +0.02 a texture, BENCHMARKS.md). Four calls, not one on a concatenated
-    batch: the exported graph would freeze the batch size in the split.
+    AUROC +0.01 to +0.02 a texture: benchmarks/QUALITY_NOTES.md). Four calls, not one on a
+    concatenated batch: the exported graph would freeze the batch size in the split.
     """
     total = head(x)
     for dims in MIRRORS:
@@ -120,7 +120,7 @@ def fit_head(head: DefectHead, images: Tensor, cfg: HeadConfig) -> HeadHistory:
     crop_h, crop_w = min(CROP, images.shape[2]), min(CROP, images.shape[3])
     started, smoothed = time.time(), 0.0
     # An exponential average of the weights (and batch-norm statistics): the last steps'
-    # noise, not the last step's, decides the head (measured: BENCHMARKS.md)
+    # noise, not the last step's, decides the head (benchmarks/QUALITY_NOTES.md, round 3)
     averaged = AveragedModel(
         head, multi_avg_fn=get_ema_multi_avg_fn(cfg.head_ema), use_buffers=True
     )
