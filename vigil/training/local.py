@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vigil.training.gaussian import shrunk
 from vigil.training.graph_ops import GaussianBlur, odd_window
 
 LOG_FLOOR = 1e-4  # energies are floored here before the log: 8-bit flat regions are ~0
@@ -46,7 +47,6 @@ MAP_FLOOR = 1e-6
 PATCH = 5
 BANDS = (1.0, 2.0, 4.0)
 MAP_SIGMA = 2.0
-SHRINK = 1e-3  # covariance shrinkage, relative to the mean variance
 MAPS = 3  # stats, patch, detail
 ENERGIES = 7  # band and gradient energies: the `detail` map's features
 
@@ -193,7 +193,7 @@ class LocalMaps(nn.Module):
         for (mean_buf, whiten_buf), mean, cov in zip(buffers, means, covs, strict=True):
             dim = mean.shape[0]
             cov /= max(pixels - 1, 1)
-            cov += (SHRINK * torch.trace(cov) / dim + 1e-10) * torch.eye(dim, dtype=cov.dtype)
+            cov = shrunk(cov, floor=1e-10)
             # P = L L^T; w = L^T (f - mean) has |w|^2 = (f - mean)^T P (f - mean)
             chol = torch.linalg.cholesky(torch.linalg.inv(cov))
             mean_buf.copy_(mean.float())

@@ -37,6 +37,7 @@ from vigil.core.score_names import (
     primary_from,
     score_names,
 )
+from vigil.training.gaussian import fit_gaussian
 from vigil.training.graph_ops import (
     BLUR_SIGMA,
     BLUR_WINDOW,
@@ -171,12 +172,9 @@ class ScoreGraph(nn.Module):
     @torch.no_grad()
     def fit_latent_density(self, mu: Tensor) -> None:
         """Fit the Gaussian of the training codes (shrunk covariance, so it inverts safely)."""
-        mean = mu.mean(0)
-        cov = torch.cov((mu - mean).T.double()).reshape(mu.shape[1], mu.shape[1])
-        shrink = 1e-3 * torch.trace(cov) / cov.shape[0] + 1e-8
-        cov = cov + shrink * torch.eye(cov.shape[0], dtype=cov.dtype)
-        self.latent_mean.copy_(mean)
-        self.latent_precision.copy_(torch.linalg.inv(cov).float())
+        mean, precision = fit_gaussian(mu)
+        self.latent_mean.copy_(mean.float())
+        self.latent_precision.copy_(precision.float())
         # knn bank: the (scaled) training codes, a fixed random subset when there are many
         scale = mu.std(0).clamp_min(1e-6) if len(mu) > 1 else torch.ones_like(mean)
         if len(mu) > KNN_BANK:

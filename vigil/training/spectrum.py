@@ -21,12 +21,12 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from vigil.training.gaussian import fit_gaussian
 from vigil.training.graph_ops import GaussianBlur, odd_window, packed_rows, row_mean
 
 BANDS = (1.0, 2.0, 4.0)
 FEATURES = 5
 ENERGY_FLOOR = 1e-8  # a flat image's energies are 0: floored before the log
-SHRINK = 1e-3  # covariance shrinkage, relative to the mean variance
 
 
 class Spectrum(nn.Module):
@@ -65,12 +65,10 @@ class Spectrum(nn.Module):
 
     @torch.no_grad()
     def fit(self, batches: Iterable[Tensor]) -> None:
-        """The Gaussian of the training images' features (shrunk covariance: it inverts)."""
+        """The Gaussian of the training images' features (`training.gaussian`)."""
         f = torch.cat([self.features(b) for b in batches]).double()
         if len(f) < 2:
             return  # no spread to measure: the identity Gaussian stays
-        mean = f.mean(0)
-        cov = torch.cov((f - mean).T).reshape(FEATURES, FEATURES)
-        cov = cov + (SHRINK * torch.trace(cov) / FEATURES + 1e-8) * torch.eye(FEATURES).double()
+        mean, precision = fit_gaussian(f)
         self.mean.copy_(mean.float())
-        self.precision.copy_(torch.linalg.inv(cov).float())
+        self.precision.copy_(precision.float())
