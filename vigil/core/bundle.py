@@ -246,12 +246,7 @@ def load_bundle(bundle: Path) -> tuple[Manifest, Path]:
     model_path = Path(bundle) / manifest.onnx.file
     if not model_path.is_file():
         raise BundleError(f"bundle {bundle} has no {manifest.onnx.file}")
-    actual = sha256_file(model_path)
-    if actual != manifest.onnx.sha256:
-        raise BundleError(
-            f"{model_path} has sha256 {actual[:12]}…, the manifest expects "
-            f"{manifest.onnx.sha256[:12]}…: the file was changed or is incomplete"
-        )
+    _check_sha256(sha256_file(model_path), manifest, model_path)
     return manifest, model_path
 
 
@@ -270,13 +265,16 @@ def read_bundle(bundle: Path) -> tuple[Manifest, bytes]:
         graph = _read_in(folder, manifest.onnx.file, bundle)
     finally:
         os.close(folder)
-    actual = hashlib.sha256(graph).hexdigest()
+    _check_sha256(hashlib.sha256(graph).hexdigest(), manifest, Path(bundle) / manifest.onnx.file)
+    return manifest, graph
+
+
+def _check_sha256(actual: str, manifest: Manifest, model_path: Path) -> None:
     if actual != manifest.onnx.sha256:
         raise BundleError(
-            f"{Path(bundle) / manifest.onnx.file} has sha256 {actual[:12]}…, the manifest "
-            f"expects {manifest.onnx.sha256[:12]}…: the file was changed or is incomplete"
+            f"{model_path} has sha256 {actual[:12]}…, the manifest expects "
+            f"{manifest.onnx.sha256[:12]}…: the file was changed or is incomplete"
         )
-    return manifest, graph
 
 
 def _read_in(folder: int, name: str, bundle: Path) -> bytes:
