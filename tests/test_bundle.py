@@ -97,7 +97,7 @@ def test_onnx_runtime_matches_torch_eager(batch: int, tmp_path: Path) -> None:
     x = torch.rand(batch, 1, 28, 28)
     with torch.no_grad():
         graph.fit_latent_density(torch.randn(200, 8))
-        graph.fit_standardisation(graph.raw_scores(torch.rand(32, 1, 28, 28))[0])
+        graph.fit_standardisation(torch.rand(32, 1, 28, 28))
         eager = graph(x)
     path = tmp_path / "model.onnx"
     names = export_onnx(graph, path)
@@ -126,7 +126,7 @@ def test_exported_scores_do_not_depend_on_the_batch(cfg: dict[str, object], tmp_
     shape = (config.channels, config.height, config.width)
     with torch.no_grad():
         graph.fit_latent_density(torch.randn(300, config.latent_dim))
-        graph.fit_standardisation(graph.raw_scores(torch.rand(32, *shape))[0])
+        graph.fit_standardisation(torch.rand(32, *shape))
     names = export_onnx(graph, tmp_path / "model.onnx")
     session = create_session(tmp_path / "model.onnx", ["CPUExecutionProvider"])
     x = np.random.default_rng(1).random((13, *shape), dtype=np.float32)

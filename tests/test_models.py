@@ -137,7 +137,7 @@ def test_score_graph_standardises_scores() -> None:
     with torch.no_grad():
         graph.fit_latent_density(model.encode(x)[0])
         graph.fit_spectrum(x)
-        graph.fit_standardisation(graph.raw_scores(x)[0])
+        graph.fit_standardisation(x)
         out = graph(x)
     # The combined score is a mean of standardised logs: about zero on the fitted data.
     assert abs(float(out["combined"].mean())) < 1e-4
@@ -146,7 +146,7 @@ def test_score_graph_standardises_scores() -> None:
     assert 0.9 < float(out["spectrum"].mean()) <= 1.0
     assert set(graph.score_names()) == {
         "reconstruction", "blurred", "ssim", "mahalanobis", "knn", "spectrum", "local",
-        "defect", "kl", "combined", "overall",
+        "defect", "heatmap", "kl", "combined", "overall",
     }  # fmt: skip
 
 

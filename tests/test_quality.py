@@ -157,8 +157,25 @@ def test_fitted_local_maps_do_not_depend_on_the_batch(
     for start, stop in [(0, 9), (2, 7)]:
         batch = run(session, x[start:stop], names)
         for i in range(start, stop):
-            for name in ("local", "overall", "combined", "anomaly_map"):
+            for name in ("local", "defect", "heatmap", "overall", "combined", "anomaly_map"):
                 assert np.array_equal(batch[name][i - start], alone[i][name][0]), (name, i)
+
+
+def test_heatmap_adds_the_two_maps_in_their_standard_units() -> None:
+    """A place both maps find unusual (z 2 in each) outranks either map's stronger stray
+    peak (z 3 in one, normal in the other)."""
+    from vigil.training.models import AutoEncoder, ModelConfig
+    from vigil.training.scores import ScoreGraph
+
+    graph = ScoreGraph(AutoEncoder(ModelConfig(height=48, width=48)).eval())
+    graph.map_mean.copy_(torch.tensor([1.0, -2.0]))
+    graph.map_std.copy_(torch.tensor([2.0, 0.5]))
+    local, defect = torch.full((1, 1, 8, 8), 1.0), torch.full((1, 1, 8, 8), -2.0)
+    local[0, 0, 1, 1], defect[0, 0, 6, 6] = 7.0, -0.5  # z 3, alone
+    local[0, 0, 4, 4], defect[0, 0, 4, 4] = 5.0, -1.0  # z 2 in both
+    fused = graph.fuse(local, defect)
+    assert float(fused[0, 0, 4, 4]) == 4.0 and int(fused.flatten().argmax()) == 4 * 8 + 4
+    assert float(fused[0, 0, 1, 1]) == float(fused[0, 0, 6, 6]) == 3.0
 
 
 # ---------------------------------------------------------------- schema 2 and tiled bundles

@@ -183,8 +183,7 @@ def fit_statistics(graph: ScoreGraph, train: torch.Tensor, val: torch.Tensor) ->
     graph.fit_latent_density(mu)
     graph.fit_spectrum(train)
     graph.fit_local(train[:MAX_LOCAL_FIT], val)
-    parts = [graph.raw_scores(b.to(device))[0] for b in val.split(512)]
-    graph.fit_standardisation({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+    graph.fit_standardisation(val)
     return graph.cpu()
 
 

@@ -10,8 +10,10 @@ camera; `local` (`training.local`) is the maximum of a per-pixel anomaly map, so
 defect, or one that removes detail, is not averaged away; `defect` is the strongest
 logit of a small segmentation net trained on synthetic defects (`training.head`), which
 sees stains, shifts and missing detail on busy textures that the other maps take for
-normal; `overall` takes whichever of `combined`, `local` and `defect` is strongest, each
-standardised on the validation images (README, "Detection quality").
+normal; `heatmap` is the maximum of the two maps added pixel by pixel, each standardised,
+so a place both find unusual outranks a stray peak of either; `overall` takes whichever
+of `combined`, `local`, `defect` and `heatmap` is strongest, each standardised on the
+validation images (README, "Detection quality").
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from vigil.core.score_names import (
     COMBINED,
     COMBINED_FROM,
     DEFECT,
+    HEATMAP,
     LOCAL,
     PRIMARY,
     SPECTRUM,
@@ -70,6 +73,8 @@ class ScoreGraph(nn.Module):
     knn_bank_sq: Tensor
     log_mean: Tensor
     log_std: Tensor
+    map_mean: Tensor
+    map_std: Tensor
     overall_mean: Tensor
     overall_std: Tensor
 
@@ -99,6 +104,8 @@ class ScoreGraph(nn.Module):
         self.local = LocalMaps(cfg.channels, h, w) if local else None
         self.register_buffer("log_mean", torch.zeros(len(COMBINED_FROM)))
         self.register_buffer("log_std", torch.ones(len(COMBINED_FROM)))
+        self.register_buffer("map_mean", torch.zeros(2))  # the local map, the defect logits
+        self.register_buffer("map_std", torch.ones(2))
         self.register_buffer("overall_mean", torch.zeros(len(self.primary_from)))
         self.register_buffer("overall_std", torch.ones(len(self.primary_from)))
 
@@ -112,8 +119,9 @@ class ScoreGraph(nn.Module):
     def raw_scores(
         self, x: Tensor
     ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor | None]:
-        """Scores before `combined`, the error map, x_hat, the code and the maps [N, 2, H, W]
-        (the local map, the defect logits) that `local` and `defect` are the maxima of."""
+        """Scores before `combined`, the error map, x_hat, the code and the maps
+        [N, 3, H, W] (local, defect logits, their standardised sum) that `local`, `defect`
+        and `heatmap` are the maxima of."""
         mu, logvar = self.model.encode(x)
         x_hat = self.model.decode(mu)
         sq = (x - x_hat).pow(2)
@@ -133,11 +141,20 @@ class ScoreGraph(nn.Module):
             defect_map = mirrored_logits(self.head, x)
             scores[LOCAL] = local_map.flatten(1).amax(1)  # a max is exact in any order
             scores[DEFECT] = defect_map.flatten(1).amax(1)
-            maps = torch.cat([local_map, defect_map], 1)
+            fused = self.fuse(local_map, defect_map)
+            scores[HEATMAP] = fused.flatten(1).amax(1)
+            maps = torch.cat([local_map, defect_map, fused], 1)
         if logvar is not None:
             # kl_divergence on zero-padded rows: a padded (0, 0) adds exactly 0
             scores["kl"] = kl_divergence(packed_rows(mu), packed_rows(logvar))
         return scores, sq.mean(1, keepdim=True), x_hat, mu, maps
+
+    def fuse(self, local_map: Tensor, defect_map: Tensor) -> Tensor:
+        """The two maps [N, 1, H, W], each in units of its images' maxima on validation
+        images, added: a defect both maps see at one place outranks the stray peaks either
+        has on normal images (benchmarks/QUALITY_NOTES.md, goal 1, round 4)."""
+        local = (local_map - self.map_mean[0]) / self.map_std[0]
+        return local + (defect_map - self.map_mean[1]) / self.map_std[1]
 
     def knn_distance(self, mu: Tensor) -> Tensor:
         """Mean distance to the KNN_K nearest training codes (matmul + TopK: exportable)."""
@@ -207,7 +224,15 @@ class ScoreGraph(nn.Module):
         local.fit_standardisation(torch.cat([local.distances(*p) for p in pairs(val)]))
 
     @torch.no_grad()
-    def fit_standardisation(self, scores: dict[str, Tensor]) -> None:
+    def fit_standardisation(self, images: Tensor, batch: int = 512) -> None:
+        """Standardise on validation images: the logs `combined` averages, the two maps
+        `heatmap` adds, then the parts of `overall`."""
+        scores = self._scores_of(images, batch)
+        if self.has_local:
+            maxima = torch.stack([scores[LOCAL], scores[DEFECT]], 1)
+            self.map_mean.copy_(maxima.mean(0))
+            self.map_std.copy_(maxima.std(0).clamp_min(1e-6))
+            scores = self._scores_of(images, batch)  # `heatmap` with the maps' standardisation
         logs = self.log_scores(scores)
         self.log_mean.copy_(logs.mean(0))
         self.log_std.copy_(logs.std(0).clamp_min(1e-6))
@@ -215,17 +240,22 @@ class ScoreGraph(nn.Module):
         self.overall_mean.copy_(parts.mean(0))
         self.overall_std.copy_(parts.std(0).clamp_min(1e-6))
 
+    def _scores_of(self, images: Tensor, batch: int) -> dict[str, Tensor]:
+        device = self.log_mean.device
+        parts = [self.raw_scores(b.to(device))[0] for b in images.split(batch)]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
     def overall(self, scores: dict[str, Tensor]) -> Tensor:
-        """max of `combined`, `local` and `defect` (those the graph has), each standardised
-        on the validation images."""
+        """max of `combined`, `local`, `defect` and `heatmap` (those the graph has), each
+        standardised on the validation images."""
         parts = torch.stack([scores[n] for n in self.primary_from], dim=1)
         return ((parts - self.overall_mean) / self.overall_std).amax(1)  # exact: batch-invariant
 
     def anomaly_map(self, maps: Tensor) -> Tensor:
-        """[N, 1, H, W]: the local map and the defect logits in the units of `overall`, the
-        larger of the two per pixel; its maximum is the larger of `local`'s and `defect`'s z."""
-        at = self.primary_from.index(LOCAL)  # local, then defect
-        mean = self.overall_mean[at : at + 2].view(1, 2, 1, 1)
-        std = self.overall_std[at : at + 2].view(1, 2, 1, 1)
+        """[N, 1, H, W]: the three maps in the units of `overall`, the largest per pixel; its
+        maximum is the largest of `local`'s, `defect`'s and `heatmap`'s parts of `overall`."""
+        at = self.primary_from.index(LOCAL)  # local, defect, heatmap
+        mean = self.overall_mean[at : at + 3].view(1, 3, 1, 1)
+        std = self.overall_std[at : at + 3].view(1, 3, 1, 1)
         z = (maps - mean) / std
-        return torch.maximum(z[:, :1], z[:, 1:])
+        return torch.maximum(torch.maximum(z[:, :1], z[:, 1:2]), z[:, 2:])
