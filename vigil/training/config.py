@@ -102,8 +102,8 @@ class TrainConfig:
     )
     tile_stride: int | None = option("tile stride (default: half the tile)", default=None)
     local: str = option(
-        "local detectors for small defects: the local anomaly maps (score `local`) and the "
-        f"defect head (`defect`); auto: on for inputs of at least {LOCAL_MIN_SIDE} px a side "
+        "local detectors for small defects: the local anomaly maps (score `local`), the "
+        f"defect head (`defect`) and their sum (`heatmap`); auto: on for inputs of at least {LOCAL_MIN_SIDE} px a side "
         "(tiles included), off for smaller ones, whose defects the image-wide scores see",
         default="auto",
         choices=("auto", "on", "off"),

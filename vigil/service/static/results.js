@@ -60,7 +60,7 @@ export function renderEntry(entry, model) {
 }
 
 // What /score's heatmap is: the bundle's anomaly map where its graph has one (schema 2: the
-// local map, and the defect head's where there is one, in standardised units), else the
+// local map, the defect head's logits and their sum, in standardised units), else the
 // squared reconstruction error.
 const MAPS = {
   anomaly: { scale: "anomaly map", caption: "Anomaly map over input", alt: "anomaly map" },
