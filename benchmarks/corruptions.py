@@ -116,7 +116,7 @@ def corrupt(images: np.ndarray, family: str, severity: int, seed: int) -> np.nda
     return np.round(np.clip(out, 0, 1) * 255).astype(np.float32) / 255
 
 
-SUMMARY_SCORES = ("overall", SPECTRUM, "local", "defect", "combined")
+SUMMARY_SCORES = ("overall", SPECTRUM, "local", "defect", "heatmap", "combined")
 
 
 def evaluate(bundle: Path, normals: np.ndarray) -> dict[str, Any]:

@@ -75,10 +75,8 @@ def smooth_noise_frames(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def tiled_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """160x160 frames: tiled by default (64x64 tiles, stride 32, 16 a frame), 2 epochs; a
-    defect head of 300 steps, as `heatmap` adds its logits to the local map (20 steps of an
-    untrained head would drown the tests' small spot)."""
+    """160x160 frames: tiled by default (64x64 tiles, stride 32, 16 a frame), 2 epochs."""
     root = tmp_path_factory.mktemp("bundles")
     frames = smooth_noise_frames(130, 160)
     np.savez(root / "frames.npz", images=np.round(frames * 255).astype(np.uint8))
-    return train_bundle(root / "tiled", str(root / "frames.npz"), target_fpr=0.05, head_steps=300)
+    return train_bundle(root / "tiled", str(root / "frames.npz"), target_fpr=0.05)

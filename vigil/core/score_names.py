@@ -13,13 +13,14 @@ SPECTRUM = "spectrum"
 LOCAL = "local"
 DEFECT = "defect"
 HEATMAP = "heatmap"
-# The primary score: whichever of `combined` (image-wide) and `heatmap` (local: the local map
-# and the defect head's logits added pixel by pixel) is stronger. `local` and `defect` on
-# their own are not in the max: each adds its normal images' tail (QUALITY_NOTES, round 4).
+# The primary score: whichever of `combined` (image-wide), `local`, `defect` and `heatmap`
+# (their sum, pixel by pixel) is strongest. `heatmap` alone is best on 64x64 crops but lost
+# on megapixel frames, where the two maps' normal peaks coincide somewhere among millions
+# of pixels; `local` and `defect` keep what each sees alone (QUALITY_NOTES, round 4).
 # Not `spectrum`: in the max it lowered Fashion-MNIST's AUROC by 0.01-0.02 a class (its
 # normal tail is heavy); it has its own calibrated threshold in every response.
 PRIMARY = "overall"
-PRIMARY_FROM = (COMBINED, HEATMAP)
+PRIMARY_FROM = (COMBINED, LOCAL, DEFECT, HEATMAP)
 # Only a VAE's graph computes these.
 VARIATIONAL_ONLY = frozenset({"kl"})
 # Only a graph with the local detectors (inputs of 48 px and more by default) computes these.
@@ -46,8 +47,8 @@ SCORES: dict[str, str] = {
     "kl": "KL(q(z|x) || N(0, I)) summed over latent dimensions",
     COMBINED: f"mean of the log-scores of {', '.join(COMBINED_FROM)}, each standardised on the "
     "validation split",
-    PRIMARY: f"max of {COMBINED} and {HEATMAP} (where the graph has it), each standardised on "
-    "the validation split",
+    PRIMARY: f"max of {COMBINED}, {LOCAL}, {DEFECT} and {HEATMAP} (those the graph has), each "
+    "standardised on the validation split",
 }
 
 

@@ -12,8 +12,8 @@ logit of a small segmentation net trained on synthetic defects (`training.head`)
 sees stains, shifts and missing detail on busy textures that the other maps take for
 normal; `heatmap` is the maximum of the two maps added pixel by pixel, each standardised,
 so a place both find unusual outranks a stray peak of either; `overall` takes whichever
-of `combined` and `heatmap` is stronger, each standardised on the validation images
-(README, "Detection quality").
+of `combined`, `local`, `defect` and `heatmap` is strongest, each standardised on the
+validation images (README, "Detection quality").
 """
 
 from __future__ import annotations
@@ -120,8 +120,9 @@ class ScoreGraph(nn.Module):
     def raw_scores(
         self, x: Tensor
     ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor | None]:
-        """Scores before `combined`, the error map, x_hat, the code and the fused map
-        [N, 1, H, W] that `heatmap` is the maximum of."""
+        """Scores before `combined`, the error map, x_hat, the code and the maps
+        [N, 3, H, W] (local, defect logits, their standardised sum) that `local`, `defect`
+        and `heatmap` are the maxima of."""
         mu, logvar = self.model.encode(x)
         x_hat = self.model.decode(mu)
         sq = (x - x_hat).pow(2)
@@ -143,7 +144,7 @@ class ScoreGraph(nn.Module):
             scores[DEFECT] = defect_map.flatten(1).amax(1)
             fused = self.fuse(local_map, defect_map)
             scores[HEATMAP] = fused.flatten(1).amax(1)
-            maps = fused
+            maps = torch.cat([local_map, defect_map, fused], 1)
         if logvar is not None:
             # kl_divergence on zero-padded rows: a padded (0, 0) adds exactly 0
             scores["kl"] = kl_divergence(packed_rows(mu), packed_rows(logvar))
@@ -246,13 +247,16 @@ class ScoreGraph(nn.Module):
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def overall(self, scores: dict[str, Tensor]) -> Tensor:
-        """max of `combined` and `heatmap` (where the graph has it), each standardised on the
-        validation images."""
+        """max of `combined`, `local`, `defect` and `heatmap` (those the graph has), each
+        standardised on the validation images."""
         parts = torch.stack([scores[n] for n in self.primary_from], dim=1)
         return ((parts - self.overall_mean) / self.overall_std).amax(1)  # exact: batch-invariant
 
-    def anomaly_map(self, fused: Tensor) -> Tensor:
-        """[N, 1, H, W]: the fused map in the units of `overall`; its maximum is `heatmap`'s
-        part of `overall`."""
-        at = self.primary_from.index(HEATMAP)
-        return (fused - self.overall_mean[at]) / self.overall_std[at]
+    def anomaly_map(self, maps: Tensor) -> Tensor:
+        """[N, 1, H, W]: the three maps in the units of `overall`, the largest per pixel; its
+        maximum is the largest of `local`'s, `defect`'s and `heatmap`'s parts of `overall`."""
+        at = self.primary_from.index(LOCAL)  # local, defect, heatmap
+        mean = self.overall_mean[at : at + 3].view(1, 3, 1, 1)
+        std = self.overall_std[at : at + 3].view(1, 3, 1, 1)
+        z = (maps - mean) / std
+        return torch.maximum(torch.maximum(z[:, :1], z[:, 1:2]), z[:, 2:])
