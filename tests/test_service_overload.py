@@ -185,8 +185,10 @@ async def test_a_batch_answered_is_no_longer_ahead_of_the_next_request() -> None
     call_soon = batcher._call_soon
 
     def hold_after_handing_over(callback: Callable[..., object], *args: object) -> None:
-        call_soon(callback, *args)
+        # set before the hand-over: once it is scheduled, the loop may resume the test before
+        # this thread runs another line (seen on a loaded machine)
         handed_over.set()
+        call_soon(callback, *args)
         resume.wait(10)  # the inference thread stays here, its batch answered
 
     batcher._call_soon = hold_after_handing_over  # type: ignore[method-assign]
