@@ -103,10 +103,11 @@ class ScoreGraph(nn.Module):
         self.register_buffer("latent_precision", torch.eye(d))
         self.spectrum = Spectrum(cfg.channels, h, w)
         self.local = LocalMaps(cfg.channels, h, w) if local else None
+        if local:  # only then: a graph without them stays byte-identical to earlier versions
+            self.register_buffer("map_mean", torch.zeros(2))  # the local map, the defect logits
+            self.register_buffer("map_std", torch.ones(2))
         self.register_buffer("log_mean", torch.zeros(len(COMBINED_FROM)))
         self.register_buffer("log_std", torch.ones(len(COMBINED_FROM)))
-        self.register_buffer("map_mean", torch.zeros(2))  # the local map, the defect logits
-        self.register_buffer("map_std", torch.ones(2))
         self.register_buffer("overall_mean", torch.zeros(len(self.primary_from)))
         self.register_buffer("overall_std", torch.ones(len(self.primary_from)))
 
