@@ -168,8 +168,8 @@ def test_heatmap_adds_the_two_maps_in_their_standard_units() -> None:
     from vigil.training.scores import ScoreGraph
 
     graph = ScoreGraph(AutoEncoder(ModelConfig(height=48, width=48)).eval())
-    graph.map_mean.copy_(torch.tensor([1.0, -2.0]))
-    graph.map_std.copy_(torch.tensor([2.0, 0.5]))
+    graph.overall_mean[1:3] = torch.tensor([1.0, -2.0])  # local, defect
+    graph.overall_std[1:3] = torch.tensor([2.0, 0.5])
     local, defect = torch.full((1, 1, 8, 8), 1.0), torch.full((1, 1, 8, 8), -2.0)
     local[0, 0, 1, 1], defect[0, 0, 6, 6] = 7.0, -0.5  # z 3, alone
     local[0, 0, 4, 4], defect[0, 0, 4, 4] = 5.0, -1.0  # z 2 in both

@@ -73,8 +73,6 @@ class ScoreGraph(nn.Module):
     knn_bank_sq: Tensor
     log_mean: Tensor
     log_std: Tensor
-    map_mean: Tensor
-    map_std: Tensor
     overall_mean: Tensor
     overall_std: Tensor
 
@@ -103,9 +101,6 @@ class ScoreGraph(nn.Module):
         self.register_buffer("latent_precision", torch.eye(d))
         self.spectrum = Spectrum(cfg.channels, h, w)
         self.local = LocalMaps(cfg.channels, h, w) if local else None
-        if local:  # only then: a graph without them stays byte-identical to earlier versions
-            self.register_buffer("map_mean", torch.zeros(2))  # the local map, the defect logits
-            self.register_buffer("map_std", torch.ones(2))
         self.register_buffer("log_mean", torch.zeros(len(COMBINED_FROM)))
         self.register_buffer("log_std", torch.ones(len(COMBINED_FROM)))
         self.register_buffer("overall_mean", torch.zeros(len(self.primary_from)))
@@ -152,11 +147,13 @@ class ScoreGraph(nn.Module):
         return scores, sq.mean(1, keepdim=True), x_hat, mu, maps
 
     def fuse(self, local_map: Tensor, defect_map: Tensor) -> Tensor:
-        """The two maps [N, 1, H, W], each in units of its images' maxima on validation
-        images, added: a defect both maps see at one place outranks the stray peaks either
-        has on normal images (benchmarks/QUALITY_NOTES.md, goal 1, round 4)."""
-        local = (local_map - self.map_mean[0]) / self.map_std[0]
-        return local + (defect_map - self.map_mean[1]) / self.map_std[1]
+        """The two maps [N, 1, H, W], each in the units of its part of `overall` (its images'
+        maxima on validation images), added: a defect both maps see at one place outranks
+        the stray peaks either has on normal images (benchmarks/QUALITY_NOTES.md, goal 1,
+        round 4)."""
+        at = self.primary_from.index(LOCAL)  # local, then defect
+        local = (local_map - self.overall_mean[at]) / self.overall_std[at]
+        return local + (defect_map - self.overall_mean[at + 1]) / self.overall_std[at + 1]
 
     def knn_distance(self, mu: Tensor) -> Tensor:
         """Mean distance to the KNN_K nearest training codes (matmul + TopK: exportable)."""
@@ -227,17 +224,17 @@ class ScoreGraph(nn.Module):
 
     @torch.no_grad()
     def fit_standardisation(self, images: Tensor, batch: int = 512) -> None:
-        """Standardise on validation images: the logs `combined` averages, the two maps
-        `heatmap` adds, then the parts of `overall`."""
+        """Standardise on validation images: the logs `combined` averages, then the parts of
+        `overall`."""
         scores = self._scores_of(images, batch)
-        if self.has_local:
-            maxima = torch.stack([scores[LOCAL], scores[DEFECT]], 1)
-            self.map_mean.copy_(maxima.mean(0))
-            self.map_std.copy_(maxima.std(0).clamp_min(1e-6))
-            scores = self._scores_of(images, batch)  # `heatmap` with the maps' standardisation
         logs = self.log_scores(scores)
         self.log_mean.copy_(logs.mean(0))
         self.log_std.copy_(logs.std(0).clamp_min(1e-6))
+        self._fit_overall(scores)
+        if self.has_local:  # `heatmap` adds the maps in the units just fitted: score it again
+            self._fit_overall(self._scores_of(images, batch))
+
+    def _fit_overall(self, scores: dict[str, Tensor]) -> None:
         parts = torch.stack([self.combine(scores), *(scores[n] for n in self.primary_from[1:])], 1)
         self.overall_mean.copy_(parts.mean(0))
         self.overall_std.copy_(parts.std(0).clamp_min(1e-6))
