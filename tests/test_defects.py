@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from vigil.training.defects import FILLS, blobs, contents, feathered, strokes, synthesise
+from vigil.training import defects
+from vigil.training.defects import (
+    FILLS,
+    blobs,
+    contents,
+    feathered,
+    soft_spots,
+    strokes,
+    synthesise,
+)
 from vigil.training.head import DefectHead, HeadConfig, fit_head, mirrored_logits
 
 
@@ -41,7 +50,10 @@ def test_every_content_kind_has_the_image_shape() -> None:
     assert torch.isfinite(fills).all()
 
 
-def test_synthesised_defects_change_only_the_masked_pixels() -> None:
+def test_synthesised_defects_change_only_the_masked_pixels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(defects, "SOFT_SHARE", 0.0)  # soft spots have tails: tested below
     x, other = stripes(64), stripes(64, seed=1)
     images, target = synthesise(x, other, torch.Generator().manual_seed(3))
     assert images.shape == x.shape and target.shape == (64, 1, 32, 32)
@@ -57,6 +69,20 @@ def test_synthesised_defects_change_only_the_masked_pixels() -> None:
     assert 0 < int(untouched.sum()) < 64
     assert torch.equal(images[untouched], x[untouched])
     assert bool(changed[~untouched].flatten(1).any(1).all())
+
+
+def test_soft_spots_fade_from_a_marked_centre() -> None:
+    x = stripes(64)
+    spotted, target = soft_spots(x, torch.Generator().manual_seed(5))
+    change = (spotted - x).abs()
+    std = x.std((1, 2, 3), keepdim=True)
+    assert bool(target.flatten(1).any(1).all())  # every spot marks its centre
+    # Outside the mask the bump is below SOFT_MARKED of its peak (unclipped peak <= 3 std).
+    outside = torch.where(target > 0, torch.zeros_like(change), change)
+    limit = defects.SOFT_MARKED * defects.SOFT_AMPLITUDE[1] * std
+    assert bool((outside <= limit + 1e-6).all())
+    inside = (change * target).flatten(1).amax(1)
+    assert bool((inside > outside.flatten(1).amax(1)).all())
 
 
 def test_synthesis_is_a_function_of_the_seed() -> None:

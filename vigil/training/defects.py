@@ -6,8 +6,9 @@ by content that does not belong there. The shapes and contents are generic on pu
 (the head must find defects nobody drew for it):
 
 - shapes: blobs (smooth random noise above a random quantile: 2-25 % of the image, one
-  piece or several; a quarter with feathered edges, as stains have) and strokes (thin random-walk polylines, 0.6-2.2 px wide: scratches,
-  cracks, threads);
+  piece or several; a quarter with feathered edges), strokes (thin random-walk polylines,
+  0.6-2.2 px wide: scratches, cracks, threads) and soft spots (a Gaussian bump, sigma
+  1-5 px, added as a brightness change: stains and smudges have no edge at all);
 - contents: another normal image turned by a multiple of 90 degrees (foreign texture),
   a flat level near the image's mean (missing texture), the image blurred (smoothed
   detail), shifted in brightness, with its contrast lowered or raised, with noise added,
@@ -35,6 +36,10 @@ STRONG_FILLS = ("shifted", "contrast", "level")
 MARKED = 0.2  # coverage from which a pixel counts as defective in the target
 FEATHERED_SHARE = 0.25  # blobs with soft edges: stains and smudges fade out, cut-outs do not
 FEATHER_SIGMA = (0.5, 2.0)  # px; wider feathering marked faint edges as defects (noisier)
+SOFT_SHARE = 0.2  # images given a soft spot instead (benchmarks/QUALITY_NOTES.md, round 5)
+SOFT_SIGMA = (1.0, 5.0)  # px: a soft spot's width
+SOFT_AMPLITUDE = (1.0, 3.0)  # in units of the image's standard deviation
+SOFT_MARKED = 0.3  # share of its peak from which a soft spot's pixel is marked
 
 
 def uniform(n: int, low: float, high: float, g: torch.Generator) -> Tensor:
@@ -112,6 +117,25 @@ def _distance_to_segment(ys: Tensor, xs: Tensor, a: Tensor, b: Tensor) -> Tensor
     return torch.hypot(ys - (ay + t * dy), xs - (ax + t * dx))
 
 
+def soft_spots(x: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """x [N, C, H, W] with a Gaussian bump added to each (brighter or darker), and its mask.
+
+    Feathered blobs keep a flat top; a stain or smudge fades from its centre outwards and
+    has no edge for the head to find, so it learns these apart.
+    """
+    n, _, height, width = x.shape
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=x.dtype), torch.arange(width, dtype=x.dtype), indexing="ij"
+    )
+    cy = torch.rand(n, 1, 1, generator=g) * height
+    cx = torch.rand(n, 1, 1, generator=g) * width
+    sigma = uniform(n, *SOFT_SIGMA, g).view(n, 1, 1)
+    bump = torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * sigma**2))[:, None]
+    std = x.std((1, 2, 3), keepdim=True).clamp_min(0.02)
+    amplitude = signs(n, g) * uniform(n, *SOFT_AMPLITUDE, g) * std
+    return (x + bump * amplitude).clamp(0, 1), (bump > SOFT_MARKED).float()
+
+
 def contents(x: Tensor, other: Tensor, g: torch.Generator) -> Tensor:
     """[len(FILLS), N, C, H, W]: each kind of defect content for each image of x."""
     n = x.shape[0]
@@ -154,4 +178,6 @@ def synthesise(x: Tensor, other: Tensor, g: torch.Generator) -> tuple[Tensor, Te
     images = torch.where(untouched, x, defective)
     # A pixel a fifth covered is marked: a thin stroke between pixel centres is still a defect.
     target = torch.where(untouched, torch.zeros_like(mask), (mask > MARKED).float())
-    return images, target
+    soft = torch.rand(n, 1, 1, 1, generator=g) < SOFT_SHARE
+    spotted, spot_target = soft_spots(x, g)
+    return torch.where(soft, spotted, images), torch.where(soft, spot_target, target)
