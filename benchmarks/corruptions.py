@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import save, table
 from benchmarks.texture_data import build
 from vigil.core.bundle import load_bundle
-from vigil.core.score_names import SPECTRUM
+from vigil.core.score_names import COMBINED, DEFECT, HEATMAP, LOCAL, PRIMARY, SPECTRUM
 from vigil.core.verdicts import Judge
 from vigil.training.calibrate import score_images
 from vigil.training.data import read_images
@@ -116,7 +116,7 @@ def corrupt(images: np.ndarray, family: str, severity: int, seed: int) -> np.nda
     return np.round(np.clip(out, 0, 1) * 255).astype(np.float32) / 255
 
 
-SUMMARY_SCORES = ("overall", SPECTRUM, "local", "defect", "heatmap", "combined")
+SUMMARY_SCORES = (PRIMARY, SPECTRUM, LOCAL, DEFECT, HEATMAP, COMBINED)
 
 
 def evaluate(bundle: Path, normals: np.ndarray) -> dict[str, Any]:

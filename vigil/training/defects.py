@@ -62,6 +62,14 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     return F.conv2d(rows, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
 
 
+def pixel_grid(height: int, width: int) -> tuple[Tensor, Tensor]:
+    """[H, W] row and column coordinates of every pixel (float32)."""
+    rows = torch.arange(height, dtype=torch.float32)
+    cols = torch.arange(width, dtype=torch.float32)
+    ys, xs = torch.meshgrid(rows, cols, indexing="ij")
+    return ys, xs
+
+
 def blobs(n: int, height: int, width: int, g: torch.Generator) -> Tensor:
     """[n, 1, H, W] binary masks: smooth noise at a random scale above a random quantile."""
     noise = torch.empty(n, 1, height, width)
@@ -89,11 +97,7 @@ def feathered(masks: Tensor, g: torch.Generator) -> Tensor:
 
 def strokes(n: int, height: int, width: int, g: torch.Generator) -> Tensor:
     """[n, 1, H, W] anti-aliased random-walk polylines (coverage in [0, 1])."""
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=torch.float32),
-        torch.arange(width, dtype=torch.float32),
-        indexing="ij",
-    )
+    ys, xs = pixel_grid(height, width)
     point = torch.rand(n, 2, generator=g) * torch.tensor([height, width], dtype=torch.float32)
     heading = torch.rand(n, generator=g) * 2 * math.pi
     step = (0.1 + 0.5 * torch.rand(n, generator=g)) * min(height, width) / STROKE_SEGMENTS
@@ -124,9 +128,7 @@ def soft_spots(x: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
     has no edge for the head to find, so it learns these apart.
     """
     n, _, height, width = x.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=x.dtype), torch.arange(width, dtype=x.dtype), indexing="ij"
-    )
+    ys, xs = pixel_grid(height, width)
     cy = torch.rand(n, 1, 1, generator=g) * height
     cx = torch.rand(n, 1, 1, generator=g) * width
     sigma = uniform(n, *SOFT_SIGMA, g).view(n, 1, 1)

@@ -61,6 +61,7 @@ from vigil.training.spectrum import Spectrum
 LOG_EPS = 1e-6
 KNN_K = 5
 KNN_BANK = 4096  # at most this many training codes are kept for knn (4096 x latent_dim floats)
+Maps = tuple[Tensor, Tensor, Tensor]  # the local map, the defect logits, their sum
 
 
 class ScoreGraph(nn.Module):
@@ -115,9 +116,9 @@ class ScoreGraph(nn.Module):
 
     def raw_scores(
         self, x: Tensor
-    ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor | None]:
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Maps | None]:
         """Scores before `combined`, the error map, x_hat, the code and the maps
-        [N, 3, H, W] (local, defect logits, their standardised sum) that `local`, `defect`
+        [N, 1, H, W] (local, defect logits, their standardised sum) that `local`, `defect`
         and `heatmap` are the maxima of."""
         mu, logvar = self.model.encode(x)
         x_hat = self.model.decode(mu)
@@ -140,7 +141,7 @@ class ScoreGraph(nn.Module):
             scores[DEFECT] = defect_map.flatten(1).amax(1)
             fused = self.fuse(local_map, defect_map)
             scores[HEATMAP] = fused.flatten(1).amax(1)
-            maps = torch.cat([local_map, defect_map, fused], 1)
+            maps = (local_map, defect_map, fused)
         if logvar is not None:
             # kl_divergence on zero-padded rows: a padded (0, 0) adds exactly 0
             scores["kl"] = kl_divergence(packed_rows(mu), packed_rows(logvar))
@@ -151,9 +152,12 @@ class ScoreGraph(nn.Module):
         maxima on validation images), added: a defect both maps see at one place outranks
         the stray peaks either has on normal images (benchmarks/QUALITY_NOTES.md, goal 1,
         round 4)."""
-        at = self.primary_from.index(LOCAL)  # local, then defect
-        local = (local_map - self.overall_mean[at]) / self.overall_std[at]
-        return local + (defect_map - self.overall_mean[at + 1]) / self.overall_std[at + 1]
+        return self.in_overall_units(LOCAL, local_map) + self.in_overall_units(DEFECT, defect_map)
+
+    def in_overall_units(self, part: str, values: Tensor) -> Tensor:
+        """values of one part of `overall` (a score or its map), standardised as it is there."""
+        at = self.primary_from.index(part)
+        return (values - self.overall_mean[at]) / self.overall_std[at]
 
     def knn_distance(self, mu: Tensor) -> Tensor:
         """Mean distance to the KNN_K nearest training codes (matmul + TopK: exportable)."""
@@ -250,11 +254,11 @@ class ScoreGraph(nn.Module):
         parts = torch.stack([scores[n] for n in self.primary_from], dim=1)
         return ((parts - self.overall_mean) / self.overall_std).amax(1)  # exact: batch-invariant
 
-    def anomaly_map(self, maps: Tensor) -> Tensor:
+    def anomaly_map(self, maps: Maps) -> Tensor:
         """[N, 1, H, W]: the three maps in the units of `overall`, the largest per pixel; its
         maximum is the largest of `local`'s, `defect`'s and `heatmap`'s parts of `overall`."""
-        at = self.primary_from.index(LOCAL)  # local, defect, heatmap
-        mean = self.overall_mean[at : at + 3].view(1, 3, 1, 1)
-        std = self.overall_std[at : at + 3].view(1, 3, 1, 1)
-        z = (maps - mean) / std
-        return torch.maximum(torch.maximum(z[:, :1], z[:, 1:2]), z[:, 2:])
+        local, defect, fused = (
+            self.in_overall_units(part, m)
+            for part, m in zip((LOCAL, DEFECT, HEATMAP), maps, strict=True)
+        )
+        return torch.maximum(torch.maximum(local, defect), fused)
