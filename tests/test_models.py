@@ -1,5 +1,10 @@
+import io
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch import Tensor
 from torch.nn import functional as F
 
 from vigil.training.defects import gaussian_blur
@@ -167,3 +172,49 @@ def test_spectrum_sees_blur_and_lost_contrast_that_reconstruct_well() -> None:
         s_clean, s_blur, s_flat = spectrum(clean), spectrum(blurred), spectrum(flat)
     assert float(s_blur.min()) > float(s_clean.max())
     assert float(s_flat.min()) > float(s_clean.max())
+
+
+def _objects_on_black(n: int, g: torch.Generator) -> Tensor:
+    """[n, 1, 32, 32] bright textured blobs on an exactly black background (as garments)."""
+    field = F.interpolate(torch.rand(n, 1, 4, 4, generator=g), size=(32, 32), mode="bilinear")
+    shape = field > field.flatten(1).median(1).values.view(n, 1, 1, 1)  # half the image
+    texture = 0.4 + 0.5 * torch.rand(n, 1, 32, 32, generator=g)
+    return torch.round(shape * texture * 255) / 255
+
+
+def _jpeg(images: Tensor, quality: int) -> Tensor:
+    out = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray((image[0] * 255).round().byte().numpy()).save(
+            buffer, format="JPEG", quality=quality
+        )
+        out.append(torch.tensor(np.asarray(Image.open(buffer)), dtype=torch.float32) / 255)
+    return torch.stack(out)[:, None]
+
+
+def test_spectrum_sees_sensor_noise_lost_black_level_and_jpeg_blocks() -> None:
+    """A noisy sensor fills the flat background that clean images leave empty; lost
+    contrast lifts the black level; heavy JPEG leaves steps at 8-px block boundaries.
+    `spectrum` ranks every such copy above every clean image."""
+    g = torch.Generator().manual_seed(1)
+    images = _objects_on_black(200, g)
+    spectrum = Spectrum(1, 32, 32)
+    spectrum.fit(images[:150].split(50))
+    clean = images[150:]
+    noisy = (clean + 0.06 * torch.randn(clean.shape, generator=g)).clamp(0, 1)
+    mean = clean.mean((2, 3), keepdim=True)
+    washed = mean + 0.6 * (clean - mean)
+    compressed = _jpeg(clean, 15)
+    with torch.no_grad():
+        s_clean = spectrum(clean)
+        for bad in (noisy, washed, compressed):
+            assert float(spectrum(bad).min()) > float(s_clean.max())
+
+
+def test_spectrum_blockiness_is_one_without_block_boundaries() -> None:
+    """Images smaller than a block have no boundary to compare: the feature is a constant."""
+    spectrum = Spectrum(1, 8, 6)
+    features = spectrum.features(torch.rand(4, 1, 8, 6))
+    assert features.shape == (4, 9)
+    assert torch.equal(features[:, 6], torch.zeros(4))  # log of a ratio of 1
