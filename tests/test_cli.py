@@ -133,6 +133,10 @@ def test_train_evaluate_calibrate_end_to_end(
             "no images of class 42",
         ),
         (["calibrate", "--bundle", "/nonexistent", "--data", "fashion-mnist"], "not a directory"),
+        (
+            ["train", "--data", "fashion-mnist", "--out", "x", "--verdict", "overall", "defect"],
+            "this model computes no score 'defect'",  # 28x28: no local detectors
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line_not_a_traceback(
@@ -166,6 +170,29 @@ def test_too_few_calibration_images_calibrate_for_the_nearest_target_and_say_so(
     assert manifest.calibration.requested_target_fpr == 0.01
     assert manifest.calibration.target_fpr == pytest.approx(0.0477)
     assert manifest.calibration.note and "0.0477 instead" in manifest.calibration.note
+
+
+def test_verdict_of_two_scores_splits_the_target_between_them(tmp_path: Path) -> None:
+    """--verdict overall spectrum: either flags an image, each at half the target FPR, and
+    the calibration split grows until it resolves the halves (2 / (n + 1) <= 0.01)."""
+    from vigil.core.calibration import threshold
+    from vigil.core.verdicts import Judge
+
+    np.save(tmp_path / "n.npy", make_blobs(600, size=12))
+    argv = ["train", "--data", str(tmp_path / "n.npy"), "--out", str(tmp_path / "b"),
+            "--epochs", "1", "--no-report", "--verdict", "overall", "spectrum"]  # fmt: skip
+    assert main(argv) == 0
+    manifest, _ = load_bundle(tmp_path / "b")
+    calibration = manifest.calibration
+    assert calibration.verdict_scores == ["overall", "spectrum"]
+    assert calibration.n >= 199 and calibration.target_fpr == 0.01 and calibration.note is None
+    judge = Judge(manifest)
+    limits = judge.thresholds()
+    for name in ("overall", "spectrum"):
+        assert limits[name] == threshold(np.array(calibration.scores[name]), 0.005)
+    raw = {name: np.full(2, -1e9) for name in calibration.scores}
+    raw["spectrum"] = np.array([limits["spectrum"] + 1.0, limits["spectrum"]])
+    assert judge.flags(raw).tolist() == [True, False]  # the camera check alone flags
 
 
 def test_evaluate_all_classes_prints_the_table_with_the_mean(

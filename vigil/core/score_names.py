@@ -34,9 +34,10 @@ SCORES: dict[str, str] = {
     "mahalanobis": "squared Mahalanobis distance of the latent code under the training codes, "
     "/ dim",
     "knn": "mean distance of the latent code to its 5 nearest training codes (scaled per dim)",
-    SPECTRUM: "squared Mahalanobis distance of the image's log detail energies (three "
-    "band-passes, gradients, coarse contrast) under the training images', / dim: blur, "
-    "lost contrast and noise move it either way",
+    SPECTRUM: "squared Mahalanobis distance of the image's camera features (log detail "
+    "energies of three band-passes, gradients and coarse contrast; noise floor in its "
+    "flattest twentieth; black and white levels; 8-px blockiness) under the training "
+    "images', / dim: blur, lost contrast, exposure, noise and heavy JPEG move it",
     LOCAL: "maximum over the image of the smoothed local anomaly map (per-pixel features "
     "under Gaussians of normal pixels, standardised)",
     DEFECT: "maximum over the image of the defect head's logits (a small segmentation net "

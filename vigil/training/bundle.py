@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,14 @@ def write_bundle(
     tiling: Tiling | None = None,
     requested_target_fpr: float | None = None,
     note: str | None = None,
+    verdict: Sequence[str] = (PRIMARY,),
 ) -> Manifest:
     """Export, calibrate and write a complete bundle into the empty `folder` (a staging
     folder: `core.publish.staged` puts it in place once everything is written).
 
     With `tiling`, `calibration_images` are whole frames, each scored by its tiles (the
-    max over tiles), so the calibrated FPR is per image.
+    max over tiles), so the calibrated FPR is per image. `verdict`: the scores whose union
+    decides the verdict, each calibrated at an equal share of `target_fpr`.
     """
     cfg = graph.model.cfg
     outputs = export_onnx(graph, folder / MODEL_FILE)
@@ -73,7 +76,7 @@ def write_bundle(
     else:
         raw = score_frames(session, calibration_images, tiling, spec, scores)
     source = f"{training['data_source']} (calibration split)"
-    calibration = make_calibration(raw, scores, [PRIMARY], target_fpr, source)
+    calibration = make_calibration(raw, scores, list(verdict), target_fpr, source)
     if note:
         calibration = calibration.model_copy(
             update={"requested_target_fpr": requested_target_fpr, "note": note}

@@ -41,7 +41,7 @@ def target_fpr(text: str) -> float:
 
 
 # Flag types that are not the field's own type.
-PARSERS: dict[str, Any] = {"image_size": image_size, "target_fpr": target_fpr}
+PARSERS: dict[str, Any] = {"image_size": image_size, "target_fpr": target_fpr, "verdict": str}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, names: typing.Iterable[str]) -> None:
@@ -91,7 +91,11 @@ def add_train(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    run(TrainConfig(**{k: v for k, v in vars(args).items() if k in names}))
+    # nargs="+" flags parse to lists; the frozen config keeps tuples
+    values: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
+    }
+    run(TrainConfig(**{k: v for k, v in values.items() if k in names}))
     return 0
 
 

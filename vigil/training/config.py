@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from vigil.core.bundle import InputSpec
+from vigil.core.calibration import CalibrationError
+from vigil.core.score_names import PRIMARY, score_names
 from vigil.training.head import HeadConfig
 from vigil.training.models import Kind, ModelConfig
 from vigil.training.train import FitConfig
@@ -95,6 +97,13 @@ class TrainConfig:
     target_fpr: float = option(
         "false-positive rate the thresholds are calibrated for", default=0.01
     )
+    verdict: tuple[str, ...] = option(
+        "scores whose union decides the verdict, the target FPR split equally between them "
+        f"(e.g. `{PRIMARY} spectrum`: the part check or the camera check)",
+        default=(PRIMARY,),
+        nargs="+",
+        metavar="SCORE",
+    )
     tile_size: int | None = option(
         "score images by TILE x TILE tiles at their own resolution (default: 64 for images "
         "larger than 128 px without --image-size; 0: never tile, resize instead)",
@@ -142,10 +151,11 @@ class TrainConfig:
 
     def calibration_fraction(self, images: int) -> float:
         """--cal-fraction, or 0.2 raised (up to 0.4) until the calibration split supports the
-        target FPR: 300 images at 0.01 need 99 calibration images, not 60."""
+        target FPR for the verdict's scores: 300 images at 0.01 need 99 calibration images,
+        not 60 (198 for two verdict scores)."""
         if self.cal_fraction is not None:
             return self.cal_fraction
-        needed = math.ceil(1.0 / self.target_fpr - 1.0 - 1e-9)
+        needed = math.ceil(len(self.verdict) / self.target_fpr - 1.0 - 1e-9)
         return min(MAX_CAL_FRACTION, max(DEFAULT_CAL_FRACTION, needed / max(images, 1)))
 
     def fit_config(self, train_images: int) -> FitConfig:
@@ -157,6 +167,18 @@ class TrainConfig:
         if self.local == "auto":
             return min(spec.height, spec.width) >= LOCAL_MIN_SIDE
         return self.local == "on"
+
+    def verdict_scores(self, spec: InputSpec) -> list[str]:
+        """--verdict, checked against the scores this model's graph computes (before any
+        training, so a typo costs nothing)."""
+        computed = score_names(variational=self.kind != "ae", local=self.local_detectors(spec))
+        unknown = [name for name in self.verdict if name not in computed]
+        if unknown or not self.verdict:
+            raise CalibrationError(
+                f"--verdict {' '.join(self.verdict)}: this model computes no score "
+                f"{', '.join(map(repr, unknown))}; choose from {', '.join(computed)}"
+            )
+        return list(dict.fromkeys(self.verdict))
 
     def head_config(self) -> HeadConfig:
         """The defect head's training config: the fields it shares with this one, by name."""

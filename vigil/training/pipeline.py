@@ -91,10 +91,11 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
     seed_everything(cfg.seed)
     images = normal_images(cfg)
     inputs = plan_inputs(cfg, images)
+    verdict = cfg.verdict_scores(inputs.spec)
     splits = split_indices(
         len(images), cfg.seed, cfg.val_fraction, cfg.calibration_fraction(len(images))
     )
-    target_fpr, note = supported_target(cfg.target_fpr, len(splits.cal))
+    target_fpr, note = supported_target(cfg.target_fpr, len(splits.cal), len(verdict))
     frame = inputs.frame
     print(
         f"{len(images)} normal images from {images.source}, {frame.channels}x{frame.height}x"
@@ -139,6 +140,7 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
             training,
             target_fpr,
             cfg.name or cfg.out.name,
+            verdict=verdict,
             tiling=inputs.tiling,
             requested_target_fpr=cfg.target_fpr if note else None,
             note=note,
