@@ -7,6 +7,8 @@ image's values out in whole packets so that a score gets the same bits alone or 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -67,7 +69,7 @@ def packed_rows(t: Tensor, fill: float = 0.0) -> Tensor:
     provider; on CUDA, cuDNN's per-shape algorithm choice may still differ in the last bit).
     """
     flat = t.flatten(1)
-    extra = -flat.shape[1] % ROW_FLOATS
+    extra = -_static_size(t) % ROW_FLOATS
     return F.pad(flat, [0, extra], value=fill) if extra else flat
 
 
@@ -77,7 +79,14 @@ def row_sum(t: Tensor) -> Tensor:
 
 
 def row_mean(t: Tensor) -> Tensor:
-    return row_sum(t) / t[0].numel()
+    return row_sum(t) / _static_size(t)
+
+
+def _static_size(t: Tensor) -> int:
+    """Values per image, as a Python int: the exporter then writes a constant, where
+    `t[0].numel()` or `shape[1]` become Shape, Gather and Cast nodes run on every call (a
+    third of the 28x28 graph's nodes; BENCHMARKS.md, `ort_cost`)."""
+    return math.prod(int(s) for s in t.shape[1:])
 
 
 def odd_window(size: int, height: int, width: int) -> int:
