@@ -12,7 +12,8 @@ calibrated threshold, per family and severity.
 
 Families (severity 1, 2, 3): gaussian noise sigma 0.04/0.08/0.16; defocus blur (Gaussian)
 sigma 0.5/1/2 px; motion blur over 3/5/9 px; exposure +0.1/+0.2/+0.4; contrast x0.8/0.6/0.3;
-occlusion by a black square of 15/25/40 % of the side; JPEG quality 50/20/8; shift by
+occlusion by a black square of 15/25/40 % of the side (over a quarter of it hiding
+something brighter than 0.1, else drawn again elsewhere); JPEG quality 50/20/8; shift by
 1/2/4 px (edge replicated). Writes benchmarks/results/corruptions.json (--name: another
 name).
 """
@@ -73,11 +74,22 @@ def contrast(x: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     return x.mean() + (x - x.mean()) * s
 
 
+OCCLUDER_HIDES = 0.25  # share of an occluder's pixels it must visibly change (by 0.1)
+OCCLUDER_TRIES = 20
+
+
 def occlusion(x: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    """A black square; one that would hide nothing (on a black background: a fifth to a
+    third of the small squares on sandals, trousers, sneakers) is drawn again elsewhere,
+    as texture_data redraws defects that change nothing: those images are not corrupted."""
     h, w = x.shape
     side = max(1, round(s * min(h, w)))
-    top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
     out = x.copy()
+    for _ in range(OCCLUDER_TRIES):
+        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        hidden = x[top : top + side, left : left + side]
+        if (hidden > 0.1).mean() >= OCCLUDER_HIDES:
+            break
     out[top : top + side, left : left + side] = 0.0
     return out
 
