@@ -195,6 +195,24 @@ def test_verdict_of_two_scores_splits_the_target_between_them(tmp_path: Path) ->
     assert judge.flags(raw).tolist() == [True, False]  # the camera check alone flags
 
 
+def test_calibrate_can_change_the_verdict_and_refuses_unknown_scores(
+    vae_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vigil calibrate --verdict overall spectrum` adds the camera check to an existing
+    bundle's verdict (no retraining); a score the bundle lacks is one line, not a traceback."""
+    out = tmp_path / "two"
+    argv = ["calibrate", "--bundle", str(vae_bundle), "--data", "fashion-mnist",
+            "--normal-class", "0", "--target-fpr", "0.02", "--out", str(out)]  # fmt: skip
+    assert main([*argv, "--verdict", "overall", "spectrum"]) == 0
+    assert "verdict overall or spectrum" in capsys.readouterr().out
+    calibration = read_manifest(out).calibration
+    assert calibration.verdict_scores == ["overall", "spectrum"]
+    assert read_manifest(vae_bundle).calibration.verdict_scores == ["overall"]  # untouched
+    assert main([*argv, "--verdict", "overall", "defect"]) == 2
+    err = capsys.readouterr().err
+    assert "this model computes no score 'defect'" in err and "Traceback" not in err
+
+
 def test_evaluate_all_classes_prints_the_table_with_the_mean(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -50,6 +50,17 @@ def threshold(sorted_cal: np.ndarray, alpha: float) -> float:
     return float(sorted_cal[max(n - k - 1, 0)])
 
 
+def check_verdict(names: Sequence[str], computed: Sequence[str]) -> list[str]:
+    """The verdict's scores, `names` without repeats, each one the model computes."""
+    unknown = [name for name in names if name not in computed]
+    if unknown or not names:
+        raise CalibrationError(
+            f"verdict {' '.join(names)}: this model computes no score "
+            f"{', '.join(map(repr, unknown))}; choose from {', '.join(computed)}"
+        )
+    return list(dict.fromkeys(names))
+
+
 def split_budget(target_fpr: float, verdict_scores: Sequence[str]) -> dict[str, float]:
     """Per-score FPR so that flagging when any verdict score exceeds its threshold meets target."""
     if not verdict_scores:

@@ -7,6 +7,7 @@ with the service, which re-derives thresholds for any target FPR at run time.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,17 +65,25 @@ def score_images(bundle: Path, images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def recalibrate(
-    bundle: Path, normals: Images, target_fpr: float | None, out: Path | None
+    bundle: Path,
+    normals: Images,
+    target_fpr: float | None,
+    out: Path | None,
+    verdict: Sequence[str] | None = None,
 ) -> tuple[Path, Manifest]:
-    """A new bundle version whose thresholds come from `normals`; the ONNX file is untouched."""
+    """A new bundle version whose thresholds come from `normals`; the ONNX file is untouched.
+    `verdict`: new verdict scores (default: the bundle's)."""
     manifest, _ = load_bundle(bundle)
+    verdict_scores = cal.check_verdict(
+        verdict or manifest.calibration.verdict_scores, manifest.scores
+    )
     if len(normals) == 0:
         raise DataError(f"{normals.source}: no normal images to calibrate on")
     raw = score_images(bundle, to_inputs(normals, manifest.frame_spec()))
     calibration = make_calibration(
         raw,
         manifest.scores,
-        list(manifest.calibration.verdict_scores),
+        verdict_scores,
         target_fpr if target_fpr is not None else manifest.calibration.target_fpr,
         normals.source,
     )

@@ -149,6 +149,14 @@ def add_calibrate(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         help="new target FPR (default: keep the bundle's)",
     )
     p.add_argument(
+        "--verdict",
+        nargs="+",
+        default=None,
+        metavar="SCORE",
+        help="new verdict scores, the target FPR split equally between them (e.g. "
+        "`overall spectrum`; default: keep the bundle's)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -161,10 +169,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     normals = read_images(args.data, "train")
     if args.normal_class is not None:
         normals = normals.of_class(args.normal_class)
-    target, manifest = recalibrate(args.bundle, normals, args.target_fpr, args.out)
+    target, manifest = recalibrate(args.bundle, normals, args.target_fpr, args.out, args.verdict)
     cal = manifest.calibration
     print(
         f"{target}: version {manifest.version}, calibrated on {cal.n} images from "
-        f"{cal.data_source} at target FPR {cal.target_fpr:g}"
+        f"{cal.data_source} at target FPR {cal.target_fpr:g}, verdict "
+        f"{' or '.join(cal.verdict_scores)}"
     )
     return 0

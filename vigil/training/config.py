@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil.core.bundle import InputSpec
-from vigil.core.calibration import CalibrationError
+from vigil.core.calibration import check_verdict
 from vigil.core.score_names import PRIMARY, score_names
 from vigil.training.head import HeadConfig
 from vigil.training.models import Kind, ModelConfig
@@ -172,13 +172,7 @@ class TrainConfig:
         """--verdict, checked against the scores this model's graph computes (before any
         training, so a typo costs nothing)."""
         computed = score_names(variational=self.kind != "ae", local=self.local_detectors(spec))
-        unknown = [name for name in self.verdict if name not in computed]
-        if unknown or not self.verdict:
-            raise CalibrationError(
-                f"--verdict {' '.join(self.verdict)}: this model computes no score "
-                f"{', '.join(map(repr, unknown))}; choose from {', '.join(computed)}"
-            )
-        return list(dict.fromkeys(self.verdict))
+        return check_verdict(self.verdict, computed)
 
     def head_config(self) -> HeadConfig:
         """The defect head's training config: the fields it shares with this one, by name."""
