@@ -66,8 +66,14 @@ class Spectrum(nn.Module):
         pixels = channels * height * width
         self.flat_k = max(1, round(FLAT_SHARE * pixels))
         self.level_k = max(1, round(LEVEL_SHARE * pixels))
-        self.register_buffer("across_cols", block_edges(width).view(1, 1, 1, -1))
-        self.register_buffer("across_rows", block_edges(height).view(1, 1, -1, 1))
+        cols, rows = block_edges(width), block_edges(height)
+        self.register_buffer("across_cols", cols.view(1, 1, 1, -1))
+        self.register_buffer("across_rows", rows.view(1, 1, -1, 1))
+        # 1-px steps per channel across block boundaries and inside blocks: fixed by the
+        # input's size, so constants in the graph
+        self.channels = channels
+        self.n_across = float(cols.sum()) * height + float(rows.sum()) * width
+        self.n_inside = height * (width - 1) + (height - 1) * width - self.n_across
         self.register_buffer("mean", torch.zeros(FEATURES))
         self.register_buffer("precision", torch.eye(FEATURES))
 
@@ -101,18 +107,15 @@ class Spectrum(nn.Module):
 
     def _blockiness(self, steps_x: Tensor, steps_y: Tensor) -> Tensor:
         """[N]: mean squared step across block boundaries / inside blocks (1 if none)."""
-        across_x, across_y = self.across_cols, self.across_rows
-        n_across = (
-            float(across_x.sum()) * steps_x.shape[2] + float(across_y.sum()) * steps_y.shape[3]
-        )
-        if n_across == 0:  # smaller than a block: no boundary to look at
+        if self.n_across == 0:  # smaller than a block: no boundary to look at
             return torch.ones(steps_x.shape[0], dtype=steps_x.dtype, device=steps_x.device)
-        n_inside = steps_x[0, 0].numel() + steps_y[0, 0].numel() - n_across
-        channels = steps_x.shape[1]
+        across_x, across_y = self.across_cols, self.across_rows
         across = row_sum(steps_x * across_x) + row_sum(steps_y * across_y)
         inside = row_sum(steps_x * (1 - across_x)) + row_sum(steps_y * (1 - across_y))
-        eps = ENERGY_FLOOR
-        return (across / (channels * n_across) + eps) / (inside / (channels * n_inside) + eps)
+        eps, channels = ENERGY_FLOOR, self.channels
+        return (across / (channels * self.n_across) + eps) / (
+            inside / (channels * self.n_inside) + eps
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         centred = self.features(x) - self.mean
