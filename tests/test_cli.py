@@ -137,6 +137,10 @@ def test_train_evaluate_calibrate_end_to_end(
             ["train", "--data", "fashion-mnist", "--out", "x", "--verdict", "overall", "defect"],
             "this model computes no score 'defect'",  # 28x28: no local detectors
         ),
+        (
+            ["train", "--data", "fashion-mnist", "--out", "x", "--head-steps", "0"],
+            "--head-steps: must be a positive whole number, not 0",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line_not_a_traceback(

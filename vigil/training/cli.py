@@ -40,8 +40,22 @@ def target_fpr(text: str) -> float:
     return value
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text}")
+    return value
+
+
 # Flag types that are not the field's own type.
-PARSERS: dict[str, Any] = {"image_size": image_size, "target_fpr": target_fpr, "verdict": str}
+PARSERS: dict[str, Any] = {
+    "image_size": image_size,
+    "target_fpr": target_fpr,
+    "verdict": str,
+    "heads": positive,
+    "head_steps": positive,
+    "head_width": positive,
+}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, names: typing.Iterable[str]) -> None:
