@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +85,30 @@ def test_calibration_share_rises_for_small_sets_until_the_target_is_supported() 
     from vigil.training.data import split_indices
 
     cfg = TrainConfig(data="x", out=Path("x"))
-    assert cfg.calibration_fraction(6000) == 0.2
+    assert cfg.calibration_fraction(1000) == 0.2
     splits = split_indices(300, 0, 0.1, cfg.calibration_fraction(300))
     assert len(splits.cal) == 99 and min_fpr(99) <= 0.01  # 300 images now support 1 %
     assert cfg.calibration_fraction(100) == 0.4  # capped: training needs images too
     assert TrainConfig(data="x", out=Path("x"), cal_fraction=0.1).calibration_fraction(300) == 0.1
+
+
+def test_calibration_share_rises_for_large_sets_toward_a_precise_threshold() -> None:
+    """Large sets calibrate on up to 25 / target images a verdict score (the realised FPR's
+    sd from calibration about a fifth of the target), as far as training keeps 3,000."""
+    from vigil.training.config import MIN_TRAIN_IMAGES, TrainConfig
+    from vigil.training.data import split_indices
+
+    cfg = TrainConfig(data="x", out=Path("x"))
+
+    def sizes(n: int, config: TrainConfig = cfg) -> tuple[int, int]:
+        splits = split_indices(n, 0, config.val_fraction, config.calibration_fraction(n))
+        return len(splits.train), len(splits.cal)
+
+    assert sizes(6000) == (MIN_TRAIN_IMAGES, 2400)  # Fashion-MNIST: 2,400, not 1,200
+    assert sizes(4000) == (2800, 800)  # no spare images: the usual 20 %
+    assert sizes(10000)[1] == 2500  # all it needs
+    assert sizes(20000)[1] == 4000  # 20 % is already more
+    assert sizes(6000, replace(cfg, target_fpr=0.05)) == (4200, 1200)  # 500 suffice
 
 
 def test_nearest_supported_target_is_supported_and_explained() -> None:

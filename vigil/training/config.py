@@ -25,6 +25,12 @@ MIN_STEPS = 1800  # Fashion-MNIST (66 steps an epoch) keeps 30 epochs
 MAX_EPOCHS = 300
 DEFAULT_CAL_FRACTION = 0.2
 MAX_CAL_FRACTION = 0.4
+# Calibration images per verdict score, in units of 1 / target FPR: with 25 / target the
+# realised FPR's sd from calibration alone is about a fifth of the target (0.2 points at
+# 1 %), so it lands within +-0.5 points. Large sets give calibration up to that many, as
+# long as training keeps MIN_TRAIN_IMAGES (benchmarks/QUALITY_NOTES.md, goal 4).
+PRECISE_CALIBRATION = 25
+MIN_TRAIN_IMAGES = 3000
 # Inputs from this size (the shorter side, in pixels) get the local detectors by default.
 LOCAL_MIN_SIDE = 48
 
@@ -91,7 +97,8 @@ class TrainConfig:
     cal_fraction: float | None = option(
         f"share of normal images held out to calibrate thresholds (default: "
         f"{DEFAULT_CAL_FRACTION}, raised up to {MAX_CAL_FRACTION} for small sets until the "
-        "split supports --target-fpr)",
+        f"split supports --target-fpr, and for large sets toward {PRECISE_CALIBRATION} / "
+        f"--target-fpr images a verdict score while training keeps {MIN_TRAIN_IMAGES})",
         default=None,
     )
     target_fpr: float = option(
@@ -150,13 +157,22 @@ class TrainConfig:
         return min(MAX_EPOCHS, max(DEFAULT_EPOCHS, -(-MIN_STEPS // steps_per_epoch)))
 
     def calibration_fraction(self, images: int) -> float:
-        """--cal-fraction, or 0.2 raised (up to 0.4) until the calibration split supports the
-        target FPR for the verdict's scores: 300 images at 0.01 need 99 calibration images,
-        not 60 (198 for two verdict scores)."""
+        """--cal-fraction, or 0.2 raised for either of two reasons.
+
+        Small sets: up to 0.4, until the calibration split supports the target FPR for the
+        verdict's scores at all (300 images at 0.01 need 99 calibration images, not 60;
+        198 for two verdict scores). Large sets: toward PRECISE_CALIBRATION / target images
+        a verdict score, which hold the realised FPR near the target, as far as training
+        keeps MIN_TRAIN_IMAGES (6,000 images at 0.01: 2,400, not 1,200).
+        """
         if self.cal_fraction is not None:
             return self.cal_fraction
-        needed = math.ceil(len(self.verdict) / self.target_fpr - 1.0 - 1e-9)
-        return min(MAX_CAL_FRACTION, max(DEFAULT_CAL_FRACTION, needed / max(images, 1)))
+        images = max(images, 1)
+        per_target = len(self.verdict) / self.target_fpr
+        supported = min(MAX_CAL_FRACTION, math.ceil(per_target - 1.0 - 1e-9) / images)
+        spare = images - round(images * self.val_fraction) - MIN_TRAIN_IMAGES
+        precise = min(math.ceil(PRECISE_CALIBRATION * per_target - 1e-9), spare) / images
+        return max(DEFAULT_CAL_FRACTION, supported, precise)
 
     def fit_config(self, train_images: int) -> FitConfig:
         """The training loop's config: the fields it shares with this one, by name."""
