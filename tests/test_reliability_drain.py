@@ -8,6 +8,7 @@ load from 16 keep-alive clients.
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -106,3 +107,39 @@ def test_sigterm_under_load_leaves_no_request_unanswered(vae_bundle: Path, tmp_p
     assert seen["returncode"] == -signal.SIGTERM, log
     assert "draining for 1.0 s" in log and "Application shutdown complete" in log
     assert "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_a_connection_opened_before_the_drain_ended_gets_its_first_request_answered(
+    vae_bundle: Path, tmp_path: Path
+) -> None:
+    """A client that connected but had not yet written its request when the drain ended
+    (its request arrives during the shutdown, after the settling time): the request is
+    answered, with Connection: close, before the process exits. uvicorn's shutdown closed
+    such a connection as idle, under the request."""
+    from benchmarks.reliability.catalogue import form, png, score, test_images
+    from benchmarks.reliability.client import HOST
+    from benchmarks.reliability.server import start
+    from vigil.service.drain import SETTLE_S
+
+    drain_s = 0.5
+    env = {"VIGIL_DRAIN_S": str(drain_s), "VIGIL_SHUTDOWN_TIMEOUT_S": "10"}
+    server = start(vae_bundle, tmp_path / "serve.log", env)
+    try:
+        with socket.create_connection((HOST, server.port), timeout=10) as conn:
+            time.sleep(0.2)  # accepted by the server: an open, idle connection
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(drain_s + SETTLE_S + 0.3)  # the drain is over; the shutdown runs
+            assert server.process.poll() is None, "exited without waiting for the request"
+            conn.sendall(score(form([("a.png", png(test_images(1)[0]))])))
+            answer = b""
+            while b"\r\n\r\n" not in answer and (chunk := conn.recv(65536)):
+                answer += chunk
+        head = answer.split(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 200"), answer[:300]
+        assert b"connection: close" in head
+        assert server.process.wait(15) == -signal.SIGTERM
+        assert time.monotonic() - signalled < 10
+    finally:
+        server.stop(signal.SIGKILL)

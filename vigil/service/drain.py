@@ -9,8 +9,9 @@ on SIGTERM the service first drains:
 1. `/readyz` answers 503 and `vigil_ready` drops to 0 at once (the `Drain` the app reads);
 2. for `VIGIL_DRAIN_S` it keeps accepting and answering, and every answer carries
    `Connection: close`, so each client leaves its connection cleanly after its answer;
-3. then the listener closes, requests in flight finish, and the process exits, all within
-   `VIGIL_SHUTDOWN_TIMEOUT_S` of the signal.
+3. then the listener closes, requests in flight finish (and connections opened but not yet
+   used get a moment for their first request, `service.protocol`), and the process exits,
+   all within `VIGIL_SHUTDOWN_TIMEOUT_S` of the signal.
 
 A second SIGTERM, or SIGINT (Ctrl-C: nobody's balancer is waiting), skips the drain;
 uvicorn's own handling then applies (a further Ctrl-C forces the exit).

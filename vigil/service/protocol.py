@@ -11,6 +11,12 @@ with 431 `headers_too_large` and closes the connection:
 
 uvicorn answers a request it cannot parse with a plain-text 400; here it is the one error
 shape (400 `bad_request`). Bodies are never counted: the head is complete before they start.
+
+At shutdown uvicorn closes every connection without a request in progress. A connection
+that has not sent a byte yet was opened by a client whose request is on its way (the
+drain's `Connection: close` answers make clients open new ones until the listener stops
+queueing them, `service.drain`): it still gets `FIRST_REQUEST_GRACE_S` for that request,
+which is answered with `Connection: close`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from vigil.service.errors import ERROR_CODES, error_body
 
 REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large"}
+FIRST_REQUEST_GRACE_S = 1.0
 
 
 class HeadTooLarge(Exception):
@@ -37,6 +44,19 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_bytes: int | None = None  # bytes read for an incomplete head, else None
         self._refusing = False
+        self._silent = True  # no byte received yet
+        self._last_request = False  # shutting down: answer one request, then close
+
+    def shutdown(self) -> None:
+        if self._silent and not self.transport.is_closing():
+            self._last_request = True
+            self.loop.call_later(FIRST_REQUEST_GRACE_S, self._close_if_silent)
+            return
+        super().shutdown()
+
+    def _close_if_silent(self) -> None:
+        if self._silent and not self.transport.is_closing():
+            self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -49,8 +69,11 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
             self._refusing = True
             raise HeadTooLarge
         super().on_headers_complete()
+        if self._last_request:
+            self.cycle.keep_alive = False
 
     def data_received(self, data: bytes) -> None:
+        self._silent = False
         super().data_received(data)
         if self._head_bytes is None or self.transport.is_closing():
             return
