@@ -14,7 +14,8 @@ score is the max over tiles, calibrated on whole held-out frames.
 Reports per texture: frame AUROC of every score, TPR at the calibrated threshold, the
 realised FPR on normal test frames, pixel AUROC of the stitched anomaly map, and the
 cost: ms per frame and per megapixel in ONNX Runtime (2 intra-op threads, one session
-call per frame). Writes benchmarks/results/highres.json.
+call per frame). Writes benchmarks/results/highres.json (highres_strideN.json with
+--tile-stride N).
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ def main() -> None:
     parser.add_argument("--test-normal", type=int, default=40)
     parser.add_argument("--per-kind", type=int, default=8, help="defective test frames per kind")
     parser.add_argument("--contrast", choices=list(AMPLITUDES), default="visible")
+    parser.add_argument(
+        "--tile-stride", type=int, default=None, help="vigil train --tile-stride (default: its own)"
+    )
     args = parser.parse_args()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,7 +90,13 @@ def main() -> None:
             base = enlarged(texture)
             data = Path(tmp) / f"{texture}.npz"
             np.savez(data, images=to_uint8(frames(base, args.frames, False, rng)))
-            cfg = TrainConfig(data=str(data), out=Path(tmp) / texture, report=False, progress=False)
+            cfg = TrainConfig(
+                data=str(data),
+                out=Path(tmp) / texture,
+                report=False,
+                progress=False,
+                tile_stride=args.tile_stride,
+            )
             started = time.perf_counter()
             train(cfg)
             train_seconds = time.perf_counter() - started
@@ -180,7 +190,7 @@ def main() -> None:
     ]
     print(table(rows, list(rows[0])))
     save(
-        "highres",
+        "highres" if args.tile_stride is None else f"highres_stride{args.tile_stride}",
         {
             "command": "benchmarks/highres.py " + " ".join(sys.argv[1:]),
             "cpu_threads": 2,
