@@ -110,13 +110,14 @@ def test_sigterm_under_load_leaves_no_request_unanswered(vae_bundle: Path, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sent_before", [0, 20], ids=["nothing-sent", "head-begun"])
 def test_a_connection_opened_before_the_drain_ended_gets_its_first_request_answered(
-    vae_bundle: Path, tmp_path: Path
+    vae_bundle: Path, tmp_path: Path, sent_before: int
 ) -> None:
-    """A client that connected but had not yet written its request when the drain ended
-    (its request arrives during the shutdown, after the settling time): the request is
-    answered, with Connection: close, before the process exits. uvicorn's shutdown closed
-    such a connection as idle, under the request."""
+    """A client that connected but had not yet written its request (or only its start)
+    when the drain ended, the rest arriving during the shutdown, after the settling time:
+    the request is answered, with Connection: close, before the process exits. uvicorn's
+    shutdown closed such a connection as idle, under the request."""
     from benchmarks.reliability.catalogue import form, png, score, test_images
     from benchmarks.reliability.client import HOST
     from benchmarks.reliability.server import start
@@ -126,13 +127,15 @@ def test_a_connection_opened_before_the_drain_ended_gets_its_first_request_answe
     env = {"VIGIL_DRAIN_S": str(drain_s), "VIGIL_SHUTDOWN_TIMEOUT_S": "10"}
     server = start(vae_bundle, tmp_path / "serve.log", env)
     try:
+        raw = score(form([("a.png", png(test_images(1)[0]))]))
         with socket.create_connection((HOST, server.port), timeout=10) as conn:
-            time.sleep(0.2)  # accepted by the server: an open, idle connection
+            conn.sendall(raw[:sent_before])
+            time.sleep(0.2)  # accepted by the server: an open connection, no request yet
             signalled = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
             time.sleep(drain_s + SETTLE_S + 0.3)  # the drain is over; the shutdown runs
             assert server.process.poll() is None, "exited without waiting for the request"
-            conn.sendall(score(form([("a.png", png(test_images(1)[0]))])))
+            conn.sendall(raw[sent_before:])
             answer = b""
             while b"\r\n\r\n" not in answer and (chunk := conn.recv(65536)):
                 answer += chunk

@@ -13,10 +13,10 @@ uvicorn answers a request it cannot parse with a plain-text 400; here it is the 
 shape (400 `bad_request`). Bodies are never counted: the head is complete before they start.
 
 At shutdown uvicorn closes every connection without a request in progress. A connection
-that has not sent a byte yet was opened by a client whose request is on its way (the
-drain's `Connection: close` answers make clients open new ones until the listener stops
-queueing them, `service.drain`): it still gets `FIRST_REQUEST_GRACE_S` for that request,
-which is answered with `Connection: close`.
+that has not started a request yet was opened by a client whose request is on its way
+(the drain's `Connection: close` answers make clients open new ones until the listener
+stops queueing them, `service.drain`): it still gets `FIRST_REQUEST_GRACE_S` for that
+request, which is answered with `Connection: close`.
 """
 
 from __future__ import annotations
@@ -44,18 +44,17 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_bytes: int | None = None  # bytes read for an incomplete head, else None
         self._refusing = False
-        self._silent = True  # no byte received yet
         self._last_request = False  # shutting down: answer one request, then close
 
     def shutdown(self) -> None:
-        if self._silent and not self.transport.is_closing():
+        if self.cycle is None and not self.transport.is_closing():  # no request started yet
             self._last_request = True
-            self.loop.call_later(FIRST_REQUEST_GRACE_S, self._close_if_silent)
+            self.loop.call_later(FIRST_REQUEST_GRACE_S, self._close_if_no_request)
             return
         super().shutdown()
 
-    def _close_if_silent(self) -> None:
-        if self._silent and not self.transport.is_closing():
+    def _close_if_no_request(self) -> None:
+        if self.cycle is None and not self.transport.is_closing():
             self.transport.close()
 
     def on_message_begin(self) -> None:
@@ -73,7 +72,6 @@ class HeadLimitedHttpTools(HttpToolsProtocol):
             self.cycle.keep_alive = False
 
     def data_received(self, data: bytes) -> None:
-        self._silent = False
         super().data_received(data)
         if self._head_bytes is None or self.transport.is_closing():
             return
