@@ -52,7 +52,6 @@ PARSERS: dict[str, Any] = {
     "image_size": image_size,
     "target_fpr": target_fpr,
     "verdict": str,
-    "heads": positive,
     "head_steps": positive,
     "head_width": positive,
 }
