@@ -198,6 +198,70 @@ def test_heatmap_adds_the_two_maps_in_their_standard_units() -> None:
     assert float(fused[0, 0, 1, 1]) == float(fused[0, 0, 6, 6]) == 3.0
 
 
+@pytest.mark.parametrize(
+    ("local", "tiled", "layout", "parts"),
+    [
+        (False, False, 0.0, ("combined",)),  # without the local detectors: combined, always
+        (True, False, 0.3, ("combined", "heatmap")),  # an object in place
+        (True, False, 0.001, ("heatmap",)),  # crops of a texture: no layout, not combined
+        (True, True, 0.3, ("combined", "local", "defect", "heatmap")),
+        (True, True, 0.001, ("local", "defect", "heatmap")),
+    ],
+)
+def test_overall_takes_heatmap_and_the_parts_that_fit_the_data(
+    local: bool, tiled: bool, layout: float, parts: tuple[str, ...]
+) -> None:
+    from vigil.core.score_names import overall_parts
+
+    assert overall_parts(local, tiled, layout) == parts
+
+
+def test_layout_share_is_one_for_copies_of_an_image_and_near_zero_for_texture_crops() -> None:
+    from vigil.training.scores import layout_share
+
+    rng = np.random.default_rng(0)
+    texture = rng.random((300, 300), dtype=np.float32)
+    starts = rng.integers(0, 300 - 32, (500, 2))
+    crops = np.stack([texture[r : r + 32, c : c + 32] for r, c in starts])[:, None]
+    assert layout_share(crops) < 0.01
+    scene = rng.random((1, 3, 16, 16), dtype=np.float32)
+    assert layout_share(np.repeat(scene, 40, 0)) == pytest.approx(1.0)
+    # an object in place, its sensor noise and exposure varying: most of it is layout
+    seen = scene * rng.uniform(0.8, 1.2, (40, 1, 1, 1)) + rng.normal(0, 0.05, (40, 3, 16, 16))
+    assert 0.5 < layout_share(seen.astype(np.float32)) < 1.0
+    assert layout_share(np.zeros((5, 1, 4, 4), np.float32)) == 0.0  # no variation at all
+
+
+def test_training_records_the_layout_and_describes_the_primary_as_it_is(vae_bundle: Path) -> None:
+    """The session's 28x28 bundle: without the local detectors `overall` is `combined`;
+    the manifest records the layout share."""
+    manifest = read_manifest(vae_bundle)
+    assert manifest.training.layout_share is not None and manifest.training.layout_share > 0.05
+    assert manifest.score_descriptions["overall"].startswith("combined, standardised")
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("heatmap",),
+        ("combined", "heatmap"),
+        ("local", "defect", "heatmap"),
+        ("combined", "local", "defect", "heatmap"),
+    ],
+)
+def test_overall_is_the_largest_chosen_part_and_the_map_peaks_at_its_local_share(
+    parts: tuple[str, ...],
+) -> None:
+    graph, x = _graph((1, 48, 48))
+    graph.overall_from = parts
+    with torch.no_grad():
+        out = graph(x[120:])
+    z = {p: graph.in_overall_units(p, out[p]) for p in parts}
+    assert torch.equal(out["overall"], torch.stack(list(z.values()), 1).amax(1))
+    local_share = torch.stack([z[p] for p in parts if p != "combined"], 1).amax(1)
+    assert torch.allclose(out["anomaly_map"].flatten(1).amax(1), local_share, atol=1e-5)
+
+
 # ---------------------------------------------------------------- schema 2 and tiled bundles
 
 

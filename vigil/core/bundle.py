@@ -139,6 +139,9 @@ class TrainingInfo(_Strict):
     config: dict[str, Any]
     versions: dict[str, str]
     head: dict[str, float] | None = None  # the defect head's training: steps, final loss, seconds
+    # the share of the normal images' variation that is their mean image's: whether
+    # `overall` takes `combined` (score_names.overall_parts)
+    layout_share: float | None = None
 
 
 class Manifest(_Strict):

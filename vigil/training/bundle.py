@@ -27,7 +27,7 @@ from vigil.core.bundle import (
     write_manifest,
 )
 from vigil.core.runtime import create_session, run_batched
-from vigil.core.score_names import PRIMARY, SCORES
+from vigil.core.score_names import PRIMARY, SCORES, describe_overall
 from vigil.core.tiling import score_frames
 from vigil.training.calibrate import make_calibration
 from vigil.training.export import OPSET, export_decoder, export_onnx
@@ -114,7 +114,10 @@ def _manifest(
         onnx=OnnxInfo(sha256=sha256_file(staging / MODEL_FILE), opset=OPSET, outputs=outputs),
         scores=scores,
         primary_score=PRIMARY,
-        score_descriptions={s: SCORES[s] for s in scores},
+        score_descriptions={
+            **{s: SCORES[s] for s in scores},
+            PRIMARY: describe_overall(graph.overall_from, graph.layout),
+        },
         calibration=calibration,
         training=TrainingInfo(**training, versions=versions()),
     )

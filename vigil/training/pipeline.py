@@ -12,6 +12,7 @@ import torch
 from vigil.core.bundle import MANIFEST_FILE, InputSpec, Manifest, Tiling, write_manifest
 from vigil.core.calibration import supported_target
 from vigil.core.publish import check_replaceable, staged
+from vigil.core.score_names import PRIMARY, describe_overall
 from vigil.core.tiling import count
 from vigil.training import tiles
 from vigil.training.bundle import write_bundle
@@ -21,7 +22,7 @@ from vigil.training.evaluate import Evaluation, evaluate_bundle
 from vigil.training.head import DefectHead, fit_head
 from vigil.training.models import AutoEncoder
 from vigil.training.report import write_bundle_report
-from vigil.training.scores import ScoreGraph
+from vigil.training.scores import ScoreGraph, layout_share
 from vigil.training.train import fit, seed_everything
 
 MAX_LOCAL_FIT = 1000  # training images (or tiles) the local maps' Gaussians are fitted on
@@ -117,6 +118,8 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
         head_info = {"steps": trained.steps, "final_loss": round(trained.final_loss, 5),
                      "seconds": round(trained.seconds, 2)}  # fmt: skip
     graph = fit_statistics(ScoreGraph(model, head, local=local), train_x, val_x)
+    graph.choose_overall(layout_share(frames[splits.train]), tiled=inputs.tiling is not None)
+    print(f"primary score {PRIMARY}: {describe_overall(graph.overall_from, graph.layout)}")
     training = {
         "data_source": images.source,
         "normal_class": cfg.normal_class,
@@ -126,6 +129,7 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
         "seed": cfg.seed,
         "seconds": round(history.seconds, 2),
         "head": head_info,
+        "layout_share": round(graph.layout, 4) if graph.layout is not None else None,
         "device": history.device,
         "config": cfg.as_dict(),
     }

@@ -12,14 +12,15 @@ logit of a small segmentation net trained on synthetic defects (`training.head`)
 sees stains, shifts and missing detail on busy textures that the other maps take for
 normal; `heatmap` is the maximum of the two maps added pixel by pixel, each standardised,
 so a place both find unusual outranks a stray peak of either; `overall` takes whichever
-of `combined`, `local`, `defect` and `heatmap` is strongest, each standardised on the
-validation images (README, "Detection quality").
+of its parts is strongest, each standardised on the validation images: which parts is
+`score_names.overall_parts` (README, "Detection quality").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -37,6 +38,7 @@ from vigil.core.score_names import (
     LOCAL,
     PRIMARY,
     SPECTRUM,
+    overall_parts,
     primary_from,
     score_names,
 )
@@ -60,6 +62,7 @@ from vigil.training.spectrum import Spectrum
 
 LOG_EPS = 1e-6
 KNN_K = 5
+LAYOUT_CHUNK = 1 << 22  # values layout_share holds in float64 at a time (32 MiB)
 KNN_BANK = 4096  # at most this many training codes are kept for knn (4096 x latent_dim floats)
 Maps = tuple[Tensor, Tensor, Tensor]  # the local map, the defect logits, their sum
 
@@ -86,6 +89,8 @@ class ScoreGraph(nn.Module):
         super().__init__()
         self.model = model
         self.primary_from = primary_from(local)
+        self.overall_from = overall_parts(local)  # those `overall` takes: choose_overall
+        self.layout: float | None = None
         self.head: DefectHead | None = None
         if local:
             self.head = head if head is not None else DefectHead(model.cfg.channels).eval()
@@ -248,17 +253,46 @@ class ScoreGraph(nn.Module):
         parts = [self.raw_scores(b.to(device))[0] for b in images.split(batch)]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
+    def choose_overall(self, layout: float, tiled: bool) -> tuple[str, ...]:
+        """Which parts `overall` takes the max of (`score_names.overall_parts`), for normal
+        images with `layout` (`layout_share`), tiled or not."""
+        self.layout = layout
+        self.overall_from = overall_parts(self.has_local, tiled, layout)
+        return self.overall_from
+
     def overall(self, scores: dict[str, Tensor]) -> Tensor:
-        """max of `combined`, `local`, `defect` and `heatmap` (those the graph has), each
-        standardised on the validation images."""
-        parts = torch.stack([scores[n] for n in self.primary_from], dim=1)
-        return ((parts - self.overall_mean) / self.overall_std).amax(1)  # exact: batch-invariant
+        """max of the parts in `overall_from`, each standardised on the validation images."""
+        parts = torch.stack([scores[n] for n in self.overall_from], dim=1)
+        mean, std = self.overall_mean, self.overall_std
+        if self.overall_from != self.primary_from:
+            at = [self.primary_from.index(n) for n in self.overall_from]
+            mean, std = mean[at], std[at]
+        return ((parts - mean) / std).amax(1)  # exact: batch-invariant
 
     def anomaly_map(self, maps: Maps) -> Tensor:
-        """[N, 1, H, W]: the three maps in the units of `overall`, the largest per pixel; its
-        maximum is the largest of `local`'s, `defect`'s and `heatmap`'s parts of `overall`."""
-        local, defect, fused = (
+        """[N, 1, H, W]: those of the three maps that `overall` takes, in its units, the
+        largest per pixel: its maximum is the local parts' share of `overall`."""
+        chosen = [
             self.in_overall_units(part, m)
             for part, m in zip((LOCAL, DEFECT, HEATMAP), maps, strict=True)
-        )
-        return torch.maximum(torch.maximum(local, defect), fused)
+            if part in self.overall_from
+        ]
+        out = chosen[0]
+        for m in chosen[1:]:
+            out = torch.maximum(out, m)
+        return out
+
+
+def layout_share(images: np.ndarray) -> float:
+    """The share of the images' variation that is their mean image's: 1 for copies of one
+    image, 0 for crops of a stationary texture (every position alike). By the law of total
+    variance: spread of the mean image over pixels / (it + mean per-pixel variance)."""
+    total = total_sq = 0.0
+    chunk = max(1, LAYOUT_CHUNK // max(1, images[0].size))
+    for start in range(0, len(images), chunk):  # float64 a chunk at a time: frames are large
+        b = images[start : start + chunk].astype(np.float64)
+        total, total_sq = total + b.sum(0), total_sq + (b * b).sum(0)
+    mean = np.asarray(total) / len(images)
+    between = float(mean.var())
+    within = float((np.asarray(total_sq) / len(images) - mean * mean).mean())
+    return between / (between + within) if between + within > 0 else 0.0
