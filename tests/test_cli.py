@@ -240,10 +240,20 @@ def test_default_epochs_scale_with_the_data_set_size() -> None:
     from vigil.training.config import TrainConfig
 
     cfg = TrainConfig(data="x", out=Path("x"))
-    assert cfg.max_epochs(4200) == 30  # Fashion-MNIST class: 66 steps an epoch
-    assert cfg.max_epochs(640) == 180  # 10 steps an epoch: at least 1800 steps
-    assert cfg.max_epochs(20) == 300  # capped
-    assert TrainConfig(data="x", out=Path("x"), epochs=3).max_epochs(20) == 3
+    assert cfg.max_epochs(4200, 28 * 28) == 30  # Fashion-MNIST class: 66 steps an epoch
+    assert cfg.max_epochs(3000, 28 * 28) == 39  # 47 steps an epoch: at least 1800 steps
+    assert cfg.max_epochs(640, 28 * 28) == 180  # 10 steps an epoch
+    assert cfg.max_epochs(20, 28 * 28) == 300  # capped
+    assert TrainConfig(data="x", out=Path("x"), epochs=3).max_epochs(20, 28 * 28) == 3
+
+
+def test_the_step_floor_stops_where_large_images_would_overrun_the_time_budget() -> None:
+    from vigil.training.config import FLOOR_PIXELS, TrainConfig
+
+    cfg = TrainConfig(data="x", out=Path("x"))
+    assert cfg.max_epochs(2100, 64 * 64) == 30  # 33 steps an epoch wanted 55
+    assert cfg.max_epochs(700, 64 * 64) == FLOOR_PIXELS // (700 * 64 * 64)  # 69, not 164
+    assert cfg.max_epochs(4000, 64 * 64) == 30  # never below the default
 
 
 def test_training_commands_without_torch_say_which_extra_to_install() -> None:

@@ -22,6 +22,10 @@ from vigil.training.train import FitConfig
 
 DEFAULT_EPOCHS = 30
 MIN_STEPS = 1800  # Fashion-MNIST (66 steps an epoch) keeps 30 epochs
+# The step floor is for small sets; the epochs it adds stop at this many pixels seen, about
+# a minute of the autoencoder's training on 2 cores, so that a large set of large images
+# (3,000 Fashion-MNIST images upscaled to 64x64: 55 epochs, 2+ minutes) keeps 30 epochs.
+FLOOR_PIXELS = 200_000_000
 MAX_EPOCHS = 300
 DEFAULT_CAL_FRACTION = 0.2
 MAX_CAL_FRACTION = 0.4
@@ -83,7 +87,8 @@ class TrainConfig:
     )
     epochs: int | None = option(
         f"maximum epochs (default: {DEFAULT_EPOCHS}, more for small data sets so that "
-        f"training takes at least ~{MIN_STEPS} steps)",
+        f"training takes at least ~{MIN_STEPS} steps, as long as it sees no more than "
+        f"{FLOOR_PIXELS:.0e} pixels)",
         default=None,
     )
     batch_size: int = option("images per step", default=64)
@@ -148,13 +153,16 @@ class TrainConfig:
     def beta_value(self) -> float:
         return 1.0 if self.beta is None else self.beta
 
-    def max_epochs(self, train_images: int) -> int:
+    def max_epochs(self, train_images: int, pixels: int) -> int:
         """--epochs, or by default 30 epochs but at least ~1800 optimiser steps (at most 300
-        epochs): a folder of 200 images needs more epochs than 6000 Fashion-MNIST images."""
+        epochs, and no more than FLOOR_PIXELS of images of `pixels` each): a folder of 200
+        images needs more epochs than 6000 Fashion-MNIST images."""
         if self.epochs is not None:
             return self.epochs
         steps_per_epoch = max(1, -(-train_images // self.batch_size))
-        return min(MAX_EPOCHS, max(DEFAULT_EPOCHS, -(-MIN_STEPS // steps_per_epoch)))
+        floor = -(-MIN_STEPS // steps_per_epoch)
+        affordable = FLOOR_PIXELS // max(1, train_images * pixels)
+        return min(MAX_EPOCHS, max(DEFAULT_EPOCHS, min(floor, affordable)))
 
     def calibration_fraction(self, images: int) -> float:
         """--cal-fraction, or 0.2 raised for either of two reasons.
@@ -174,9 +182,10 @@ class TrainConfig:
         precise = min(math.ceil(PRECISE_CALIBRATION * per_target - 1e-9), spare) / images
         return max(DEFAULT_CAL_FRACTION, supported, precise)
 
-    def fit_config(self, train_images: int) -> FitConfig:
+    def fit_config(self, train_images: int, pixels: int) -> FitConfig:
         """The training loop's config: the fields it shares with this one, by name."""
-        return _derive(FitConfig, self, epochs=self.max_epochs(train_images), beta=self.beta_value)
+        epochs = self.max_epochs(train_images, pixels)
+        return _derive(FitConfig, self, epochs=epochs, beta=self.beta_value)
 
     def local_detectors(self, spec: InputSpec) -> bool:
         """Whether the graph gets the local maps and the defect head (--local)."""

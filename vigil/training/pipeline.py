@@ -108,7 +108,8 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
     frames = to_inputs(images, frame)
     train_x, val_x = training_tensors(frames, splits.train, splits.val, inputs, cfg.seed)
     model = AutoEncoder(cfg.model_config(inputs.spec))
-    history = fit(model, train_x, val_x, cfg.fit_config(len(train_x)))
+    pixels = inputs.spec.height * inputs.spec.width
+    history = fit(model, train_x, val_x, cfg.fit_config(len(train_x), pixels))
     local = cfg.local_detectors(inputs.spec)
     print(describe_local(local, inputs.spec, cfg))
     head, head_info = None, None
