@@ -27,7 +27,7 @@ from vigil.core.bundle import (
     write_manifest,
 )
 from vigil.core.runtime import create_session, run_batched
-from vigil.core.score_names import PRIMARY, SCORES, describe_overall
+from vigil.core.score_names import PRIMARY, SCORES
 from vigil.core.tiling import score_frames
 from vigil.training.calibrate import make_calibration
 from vigil.training.export import OPSET, export_decoder, export_onnx
@@ -116,7 +116,7 @@ def _manifest(
         primary_score=PRIMARY,
         score_descriptions={
             **{s: SCORES[s] for s in scores},
-            PRIMARY: describe_overall(graph.overall_from, graph.layout),
+            PRIMARY: graph.describe_overall(),
         },
         calibration=calibration,
         training=TrainingInfo(**training, versions=versions()),

@@ -12,7 +12,7 @@ import torch
 from vigil.core.bundle import MANIFEST_FILE, InputSpec, Manifest, Tiling, write_manifest
 from vigil.core.calibration import supported_target
 from vigil.core.publish import check_replaceable, staged
-from vigil.core.score_names import PRIMARY, describe_overall
+from vigil.core.score_names import PRIMARY
 from vigil.core.tiling import count
 from vigil.training import tiles
 from vigil.training.bundle import write_bundle
@@ -119,8 +119,8 @@ def run(cfg: TrainConfig) -> tuple[Manifest, Evaluation]:
         head_info = {"steps": trained.steps, "final_loss": round(trained.final_loss, 5),
                      "seconds": round(trained.seconds, 2)}  # fmt: skip
     graph = fit_statistics(ScoreGraph(model, head, local=local), train_x, val_x)
-    graph.choose_overall(layout_share(frames[splits.train]), tiled=inputs.tiling is not None)
-    print(f"primary score {PRIMARY}: {describe_overall(graph.overall_from, graph.layout)}")
+    chosen = graph.choose_overall(layout_share(frames[splits.train]), inputs.tiling is not None)
+    print(f"primary score {PRIMARY}: {chosen}")
     training = {
         "data_source": images.source,
         "normal_class": cfg.normal_class,

@@ -18,6 +18,7 @@ of its parts is strongest, each standardised on the validation images: which par
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -38,6 +39,7 @@ from vigil.core.score_names import (
     LOCAL,
     PRIMARY,
     SPECTRUM,
+    describe_overall,
     overall_parts,
     primary_from,
     score_names,
@@ -253,12 +255,15 @@ class ScoreGraph(nn.Module):
         parts = [self.raw_scores(b.to(device))[0] for b in images.split(batch)]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
-    def choose_overall(self, layout: float, tiled: bool) -> tuple[str, ...]:
-        """Which parts `overall` takes the max of (`score_names.overall_parts`), for normal
-        images with `layout` (`layout_share`), tiled or not."""
+    def choose_overall(self, layout: float, tiled: bool) -> str:
+        """Choose which parts `overall` takes the max of (`score_names.overall_parts`), for
+        normal images with `layout` (`layout_share`), tiled or not; say which."""
         self.layout = layout
         self.overall_from = overall_parts(self.has_local, tiled, layout)
-        return self.overall_from
+        return self.describe_overall()
+
+    def describe_overall(self) -> str:
+        return describe_overall(self.overall_from, self.layout)
 
     def overall(self, scores: dict[str, Tensor]) -> Tensor:
         """max of the parts in `overall_from`, each standardised on the validation images."""
@@ -277,10 +282,7 @@ class ScoreGraph(nn.Module):
             for part, m in zip((LOCAL, DEFECT, HEATMAP), maps, strict=True)
             if part in self.overall_from
         ]
-        out = chosen[0]
-        for m in chosen[1:]:
-            out = torch.maximum(out, m)
-        return out
+        return functools.reduce(torch.maximum, chosen)
 
 
 def layout_share(images: np.ndarray) -> float:
